@@ -1,0 +1,357 @@
+"""The capture format (schema version 1): everything one run computed, stage by stage.
+
+A run folder holds
+
+    manifest.json              what ran, how, on what; one entry per tensor (shape, dtype, stats, sha256)
+    prompt.safetensors         prompt.embedding (1, L, D), prompt.pad_mask (1, L) bool, True = padding
+    frames/000000.safetensors  one file per generated frame, holding that frame's stages:
+        controls.mouse (1,1,2)  controls.button (1,1,256)  controls.scroll (1,1,1)
+        noise (1,1,C,H,W)
+        step{i}.sigma ()  step{i}.input  step{i}.velocity  step{i}.update   (1,1,C,H,W), one set per step
+        latent (1,1,C,H,W)                 the final latent of the frame
+        cache_pass.input  cache_pass.output (1,1,C,H,W)   absent when the side has no cache pass
+        decoded (H', W', 3) uint8          what vae.decode returned
+
+Tensors keep the dtype the pipeline produced (bf16 stays bf16). Files are written frame by frame
+through a temporary name and an atomic rename, and the manifest is rewritten the same way after
+each frame, so a killed run leaves a readable capture of every finished frame
+(`manifest["complete"]` is false until the run ends).
+
+Stages are addressed by `StageKey(frame, step, family)`; its `id` (`prompt.embedding`,
+`f3/step2.velocity`) is the manifest key, and `StageKey.order` is execution order, which the
+comparison uses to name the first divergence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from parity.errors import UserError
+from parity.tolerances import FAMILIES
+
+SCHEMA = "waypoint-parity/capture"
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+PROMPT_FILE = "prompt.safetensors"
+FRAMES_DIR = "frames"
+
+LAYOUTS: dict[str, tuple[str, ...]] = {
+    "prompt.embedding": ("batch", "token", "channel"),
+    "prompt.pad_mask": ("batch", "token"),
+    "controls.mouse": ("batch", "frame", "axis"),
+    "controls.button": ("batch", "frame", "key"),
+    "controls.scroll": ("batch", "frame", "sign"),
+    "step.sigma": (),
+    "decoded": ("y", "x", "rgb"),
+}
+"""Axis names per family, for locating the worst element; latent-shaped families are below."""
+for _family in ("noise", "step.input", "step.velocity", "step.update", "latent", "cache_pass.input", "cache_pass.output"):
+    LAYOUTS[_family] = ("batch", "frame", "channel", "y", "x")
+
+_STEP_RE = re.compile(r"^step(\d+)\.(sigma|input|velocity|update)$")
+_FRAME_POSITION = {f: i for i, f in enumerate(FAMILIES)}
+
+
+@dataclass(frozen=True)
+class StageKey:
+    """One captured tensor: `frame` is None for run-level stages (the prompt), `step` is set for
+    denoise steps only."""
+
+    frame: int | None
+    step: int | None
+    family: str
+
+    @property
+    def tensor_name(self) -> str:
+        """Name inside the safetensors file: `step2.velocity`, `noise`, `prompt.embedding`."""
+        if self.step is not None:
+            return f"step{self.step}.{self.family.split('.', 1)[1]}"
+        return self.family
+
+    @property
+    def id(self) -> str:
+        return self.tensor_name if self.frame is None else f"f{self.frame}/{self.tensor_name}"
+
+    @property
+    def order(self) -> tuple[int, int, int]:
+        """Execution order: prompt, then per frame controls, noise, steps, latent, cache pass, decode."""
+        pos = _FRAME_POSITION[self.family]
+        if self.step is None:
+            return (-1 if self.frame is None else self.frame, pos if pos < _FRAME_POSITION["step.sigma"] else 10_000 + pos, 0)
+        return (self.frame, 1_000 + self.step, pos)
+
+    @classmethod
+    def from_tensor_name(cls, frame: int | None, name: str) -> "StageKey":
+        m = _STEP_RE.match(name)
+        if m:
+            return cls(frame, int(m.group(1)), f"step.{m.group(2)}")
+        if name not in FAMILIES or name.startswith("step."):
+            raise ValueError(f"unknown stage {name!r}")
+        return cls(frame, None, name)
+
+    @classmethod
+    def from_id(cls, stage_id: str) -> "StageKey":
+        if "/" in stage_id:
+            frame, name = stage_id.split("/", 1)
+            return cls.from_tensor_name(int(frame[1:]), name)
+        return cls.from_tensor_name(None, stage_id)
+
+    def where(self) -> str:
+        """Human form: `frame 3, step 2, step.velocity`."""
+        parts = [] if self.frame is None else [f"frame {self.frame}"]
+        if self.step is not None:
+            parts.append(f"step {self.step}")
+        return ", ".join(parts + [self.family])
+
+
+@dataclass
+class Protocol:
+    """What a side actually did, in the terms both runners share. The comparison diffs these
+    field by field before it looks at any tensor (the config diff)."""
+
+    sigmas: list[float]
+    """The schedule as used, after rounding to `sigma_dtype`."""
+    sigma_dtype: str
+    steps: int
+    noise_rule: str
+    noise_dtype: str
+    encoder_class: str
+    encoder_dtype: str
+    prompt_mask: str
+    prompt_source: str
+    """`encoded` (this side ran its encoder) or `injected from <run>`."""
+    model_dtype: str
+    cache_mode: str
+    cache_pass: bool
+    vae_dtype: str
+    decode_input_dtype: str
+    latent_scale: float
+    latent_shift: float
+    strict_load: bool
+
+    def describe(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TensorInfo:
+    file: str
+    shape: list[int]
+    dtype: str
+    sha256: str
+    stats: dict[str, float]
+
+
+def tensor_info(t, file: str) -> TensorInfo:
+    import torch
+
+    flat = t.detach().contiguous().reshape(-1)
+    digest = hashlib.sha256(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"").hexdigest()
+    f = flat.to(torch.float64)
+    finite = torch.isfinite(f)
+    fv = f[finite]
+    stats = {
+        "min": float(fv.min()) if fv.numel() else float("nan"),
+        "max": float(fv.max()) if fv.numel() else float("nan"),
+        "mean": float(fv.mean()) if fv.numel() else float("nan"),
+        "std": float(fv.std(unbiased=False)) if fv.numel() else float("nan"),
+        "nonfinite": int((~finite).sum()),
+    }
+    return TensorInfo(file, list(t.shape), str(t.dtype).removeprefix("torch."), digest, stats)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _save_tensors(tensors: dict, path: Path) -> None:
+    from safetensors.torch import save
+
+    _atomic_write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()}))
+
+
+class CaptureWriter:
+    """Writes one run folder. Runners call `record_prompt` once, then `frame(i)` per frame:
+
+        with writer.frame(3) as rec:
+            rec["noise"] = x
+            rec[StageKey(3, 0, "step.velocity").tensor_name] = v
+
+    The folder must not exist yet (or be empty); nothing already on disk is overwritten.
+    """
+
+    def __init__(self, run_dir: str | Path, header: dict[str, Any]):
+        self.run_dir = Path(run_dir)
+        if self.run_dir.exists() and (not self.run_dir.is_dir() or any(self.run_dir.iterdir())):
+            raise UserError("run folder already exists and is not empty; choose another --out or remove it", self.run_dir)
+        (self.run_dir / FRAMES_DIR).mkdir(parents=True, exist_ok=True)
+        self.manifest: dict[str, Any] = {
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "complete": False,
+            "frames_written": 0,
+            **header,
+            "tensors": {},
+        }
+        self._write_manifest()
+
+    def set(self, key: str, value: Any) -> None:
+        """Add or replace a manifest field (e.g. `protocol`, known only once the model is loaded)."""
+        self.manifest[key] = value
+        self._write_manifest()
+
+    def record_prompt(self, embedding, pad_mask) -> None:
+        tensors = {"prompt.embedding": _to_cpu(embedding), "prompt.pad_mask": _to_cpu(pad_mask)}
+        _save_tensors(tensors, self.run_dir / PROMPT_FILE)
+        for name, t in tensors.items():
+            self.manifest["tensors"][name] = asdict(tensor_info(t, PROMPT_FILE))
+        self._write_manifest()
+
+    def frame(self, index: int) -> "FrameRecorder":
+        return FrameRecorder(self, index)
+
+    def _commit_frame(self, index: int, tensors: dict) -> None:
+        rel = f"{FRAMES_DIR}/{index:06d}.safetensors"
+        for name in tensors:
+            StageKey.from_tensor_name(index, name)  # rejects a misspelt stage before it is written
+        _save_tensors(tensors, self.run_dir / rel)
+        for name, t in tensors.items():
+            self.manifest["tensors"][StageKey.from_tensor_name(index, name).id] = asdict(tensor_info(t, rel))
+        self.manifest["frames_written"] = index + 1
+        self._write_manifest()
+
+    def close(self, complete: bool = True, **extra: Any) -> Path:
+        self.manifest.update(extra)
+        self.manifest["complete"] = complete
+        self._write_manifest()
+        return self.run_dir
+
+    def _write_manifest(self) -> None:
+        text = json.dumps(self.manifest, indent=1, sort_keys=False, default=_json_default)
+        _atomic_write_bytes(self.run_dir / MANIFEST, text.encode())
+
+
+class FrameRecorder:
+    def __init__(self, writer: CaptureWriter, index: int):
+        self.writer, self.index, self.tensors = writer, index, {}
+
+    def __setitem__(self, name: str, tensor) -> None:
+        self.tensors[name] = _to_cpu(tensor)
+
+    def __enter__(self) -> "FrameRecorder":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.writer._commit_frame(self.index, self.tensors)
+
+
+def _to_cpu(t):
+    # A copy, never a view: the pipeline updates latents in place on some paths.
+    return t.detach().to("cpu", copy=True)
+
+
+def _json_default(o):
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, tuple):
+        return list(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+class Capture:
+    """A run folder opened for reading. `Capture.open(path)` validates the manifest; each tensor
+    is checked against its recorded sha256 when it is loaded.
+
+        cap = Capture.open("reports/run/upstream")
+        cap.keys()                                    # StageKeys in execution order
+        cap.tensor(StageKey(0, 2, "step.velocity"))   # torch tensor, hash-checked
+    """
+
+    def __init__(self, run_dir: Path, manifest: dict[str, Any]):
+        self.run_dir, self.manifest = run_dir, manifest
+        self._cache: dict[str, dict] = {}
+
+    @classmethod
+    def open(cls, run_dir: str | Path) -> "Capture":
+        run_dir = Path(run_dir)
+        path = run_dir / MANIFEST
+        if not path.is_file():
+            raise UserError(f"not a capture: {MANIFEST} is missing", run_dir)
+        try:
+            manifest = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UserError(f"manifest is not valid JSON ({exc})", path) from None
+        if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
+            raise UserError(f"not a waypoint-parity capture manifest (schema {manifest.get('schema') if isinstance(manifest, dict) else None!r})", path)
+        version = manifest.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise UserError(f"capture schema version {version!r} is not supported (this harness reads version {SCHEMA_VERSION}); re-run the capture", path)
+        tensors = manifest.get("tensors")
+        if not isinstance(tensors, dict):
+            raise UserError("manifest has no 'tensors' table", path)
+        for stage_id, info in tensors.items():
+            try:
+                StageKey.from_id(stage_id)
+            except ValueError:
+                raise UserError(f"manifest names an unknown stage {stage_id!r}", path) from None
+            if not (run_dir / info.get("file", "")).is_file():
+                raise UserError(f"stage {stage_id} points at missing file {info.get('file')!r}", path)
+        return cls(run_dir, manifest)
+
+    @property
+    def name(self) -> str:
+        return self.manifest.get("side") or self.run_dir.name
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.manifest.get("complete"))
+
+    @property
+    def protocol(self) -> dict[str, Any]:
+        return self.manifest.get("protocol", {})
+
+    def keys(self) -> list[StageKey]:
+        return sorted((StageKey.from_id(k) for k in self.manifest["tensors"]), key=lambda k: k.order)
+
+    def info(self, key: StageKey) -> dict[str, Any]:
+        return self.manifest["tensors"][key.id]
+
+    def tensor(self, key: StageKey):
+        import torch
+
+        info = self.info(key)
+        file = info["file"]
+        if file not in self._cache:
+            self._cache = {file: self._load_file(file)}  # one frame at a time keeps memory flat
+        tensors = self._cache[file]
+        if key.tensor_name not in tensors:
+            raise UserError(f"stage {key.id} is listed in the manifest but missing from the file", self.run_dir / file)
+        t = tensors[key.tensor_name]
+        digest = hashlib.sha256(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"").hexdigest()
+        if digest != info["sha256"]:
+            raise UserError(f"stage {key.id} does not match its recorded sha256; the capture is corrupt", self.run_dir / file)
+        return t
+
+    def _load_file(self, file: str) -> dict:
+        from safetensors.torch import load_file
+
+        path = self.run_dir / file
+        try:
+            return load_file(path)
+        except Exception as exc:  # safetensors raises several types for a damaged file
+            raise UserError(f"cannot read tensors ({type(exc).__name__}: {exc})", path) from None
+
+    def frames(self) -> Iterator[int]:
+        return iter(range(int(self.manifest.get("frames_written", 0))))

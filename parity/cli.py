@@ -1,0 +1,224 @@
+"""waypoint-parity: prove or disprove numerical parity between Waypoint pipelines, stage by stage.
+
+Typical use:
+
+    waypoint-parity parity                          # every case in cases/: upstream vs script (+ FastVideo)
+    waypoint-parity run cases/seed-official.toml --side upstream -o reports/a
+    waypoint-parity run cases/seed-official.toml --side script --prompt-from reports/a -o reports/b
+    waypoint-parity compare reports/a reports/b     # config diff, stage table, first divergence
+    waypoint-parity make-checkpoint /tmp/tiny --hf-cache
+
+The model defaults to the built-in tiny random-weight checkpoint; `--snapshot` takes a folder or a
+Hugging Face repo id found offline in the cache (its code runs only with --trust-remote-code).
+Bad inputs end with one line on stderr and exit code 2; `--check` makes a divergence exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from parity.errors import EXIT_USER_ERROR, UserError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    try:
+        code = args.handler(args)
+    except UserError as exc:
+        print(f"waypoint-parity: error: {exc.one_line()}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("waypoint-parity: interrupted; finished frames are on disk, the capture is marked incomplete", file=sys.stderr)
+        return 130
+    verdict = getattr(args, "verdict", None)
+    if verdict is not None:
+        command = " ".join(argv if argv is not None else sys.argv[1:])
+        print(f"{verdict} | {time.perf_counter() - started:.1f} s | waypoint-parity {command}")
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="waypoint-parity", description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("parity", help="run cases against every pair of sides and compare (what `make parity` runs)")
+    p.add_argument("cases", nargs="*", type=Path, help="case files or folders (default: cases/)")
+    _model_args(p)
+    p.add_argument("--out-root", type=Path, default=Path("reports"), help="a new parity-<time> folder is made here")
+    p.add_argument("--check", action="store_true", help="exit 1 when any comparison fails")
+    p.set_defaults(handler=cmd_parity)
+
+    p = sub.add_parser("run", help="run one side of one case and write its capture")
+    p.add_argument("case", type=Path)
+    p.add_argument("--side", default="upstream", choices=("upstream", "script", "fastvideo"))
+    p.add_argument("-o", "--out", type=Path, required=True, help="capture folder to create (must not exist)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a reference option, e.g. --option sigmas=[1.0,0.949,0.84,0.0] (repeatable)")
+    p.add_argument("--prompt-from", type=Path, help="inject the prompt embedding of this capture (shared prompt)")
+    _model_args(p)
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("compare", help="compare two captures: config diff, per-stage verdicts, first divergence")
+    p.add_argument("a", type=Path, help="reference capture (A)")
+    p.add_argument("b", type=Path, help="candidate capture (B)")
+    p.add_argument("-o", "--out", type=Path, help="write summary.json and stages.csv here (must not hold another comparison)")
+    p.add_argument("--case", type=Path, help="take tolerances from this case file (default: those recorded in A)")
+    p.add_argument("--check", action="store_true", help="exit 1 when the comparison fails")
+    p.set_defaults(handler=cmd_compare)
+
+    p = sub.add_parser("make-checkpoint", help="write the tiny random-weight checkpoint (Overworld snapshot layout)")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hf-cache", action="store_true", help="lay it out as a Hugging Face cache (models--Org--Name/...)")
+    p.add_argument("--repo-id", default="Overworld/Waypoint-1-Small")
+    p.set_defaults(handler=cmd_make_checkpoint)
+    return parser
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--snapshot", help="Overworld snapshot folder or repo id (default: the built-in tiny checkpoint)")
+    g.add_argument("--trust-remote-code", action="store_true", help="allow the snapshot's own Python files to run")
+    g.add_argument("--text-encoder", help="UMT5 folder or repo id when the snapshot has no text_encoder/ (default google/umt5-xl)")
+    g.add_argument("--hf-cache-dir", help="Hugging Face cache to look repo ids up in (default: HF_HUB_CACHE)")
+    g.add_argument("--fastvideo-bundle", help="FastVideo-layout bundle folder or repo id for the FastVideo side")
+    g.add_argument("--device", help="cpu, cuda, cuda:1 (default: $DEVICE, else cuda when available)")
+
+
+def _side_config(args):
+    from parity.environment import default_device
+    from parity.suite import SideConfig
+    from parity.tiny import ensure_checkpoint
+
+    snapshot = args.snapshot or ensure_checkpoint()
+    return SideConfig(snapshot=snapshot, trust_remote_code=args.trust_remote_code, text_encoder=args.text_encoder,
+                      hf_cache_dir=args.hf_cache_dir, fastvideo_bundle=args.fastvideo_bundle,
+                      device=args.device or default_device())
+
+
+def cmd_run(args) -> int:
+    from parity.case import load_case
+    from parity.runner import RunRequest
+    from reference.options import parse_cli_override
+
+    case = load_case(args.case)
+    overrides = dict(parse_cli_override(text) for text in args.option)
+    if overrides and args.side == "fastvideo":
+        raise UserError("--option applies to reference sides (upstream, script) only")
+    sides = _side_config(args)
+    out = sides.runner(args.side).run(RunRequest(case, args.side, args.out, sides.device, overrides, args.prompt_from))
+    print(f"capture written: {out}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from parity.capture import Capture
+    from parity.case import load_case
+    from parity.compare import compare_captures
+    from parity.output import SUMMARY, print_result, write_outputs
+    from parity.tolerances import parse_tolerances
+
+    a, b = Capture.open(args.a), Capture.open(args.b)
+    if args.case:
+        tolerances = load_case(args.case).tolerances
+    else:
+        try:
+            tolerances = parse_tolerances(a.manifest.get("case", {}).get("tolerances", {}))
+        except ValueError as exc:
+            raise UserError(f"recorded tolerances are invalid: {exc}", args.a / "manifest.json") from None
+    if args.out and (args.out / SUMMARY).exists():
+        raise UserError("already holds a comparison; choose another --out", args.out)
+    result = compare_captures(a, b, tolerances)
+    print_result(result, _console())
+    if args.out:
+        paths = write_outputs(result, args.out)
+        print(f"summary: {paths['summary']}")
+    args.verdict = "PARITY" if result.passed else "DIVERGED"
+    return 1 if args.check and not result.passed else 0
+
+
+def cmd_parity(args) -> int:
+    from datetime import datetime
+
+    from parity.case import load_case
+    from parity.output import print_result
+    from parity.suite import CaseRunner, default_pairs, new_run_folder, write_index
+
+    files = _case_files(args.cases or [Path("cases")])
+    cases = [load_case(f) for f in files]  # every case is validated before anything runs
+    sides = _side_config(args)
+    pairs_default, fastvideo_note = default_pairs()
+    notes = []
+    if fastvideo_note:
+        notes.append(f"FastVideo side skipped: {fastvideo_note}")
+    out_root = new_run_folder(args.out_root, datetime.now().strftime("%Y%m%d-%H%M%S"))
+    console = _console()
+    console.print(f"model: {sides.snapshot} on {sides.device}")
+    for note in notes:
+        console.print(f"[yellow]{note}[/]")
+    runner = CaseRunner(sides, out_root, log=console.print)
+    outcomes = []
+    for case in cases:
+        console.rule(f"case {case.name}")
+        for outcome in runner.run_case(case, case.pairs or pairs_default):
+            print_result(outcome.result, console, title=f"{case.name}: {outcome.pair.a} (A) vs {outcome.pair.b} (B)")
+            outcomes.append(outcome)
+    index = write_index(out_root, outcomes, notes)
+    _print_overview(console, outcomes, out_root)
+    console.print(f"results: {out_root}  (index: {index})")
+    passed = sum(o.result.passed for o in outcomes)
+    args.verdict = f"{'PARITY' if passed == len(outcomes) else 'DIVERGED'}: {passed} of {len(outcomes)} comparisons within tolerance"
+    return 1 if args.check and passed != len(outcomes) else 0
+
+
+def _print_overview(console, outcomes, out_root: Path) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="parity overview")
+    for col in ("case", "pair", "verdict", "first divergent frame", "first value divergence", "summary"):
+        table.add_column(col, overflow="fold")
+    for o in outcomes:
+        fv = o.result.first_value_divergence
+        table.add_row(o.case.name, o.pair.name, "[green]PASS[/]" if o.result.passed else "[red]FAIL[/]",
+                      "-" if fv is None else str(fv.key.frame), escape(fv.key.where()) if fv else "-",
+                      str((o.out_dir / "summary.json").relative_to(out_root)))
+    console.print(table)
+
+
+def _case_files(paths: list[Path]) -> list[Path]:
+    files = []
+    for p in paths:
+        if p.is_dir():
+            found = sorted(p.glob("*.toml"))
+            if not found:
+                raise UserError("no *.toml case files in this folder", p)
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise UserError("case file or folder not found", p)
+    return files
+
+
+def cmd_make_checkpoint(args) -> int:
+    from parity.tiny import make_checkpoint
+
+    path = make_checkpoint(args.dir, seed=args.seed, hf_cache=args.hf_cache, repo_id=args.repo_id)
+    print(f"tiny checkpoint written: {path}")
+    if args.hf_cache:
+        print(f"use it offline with HF_HUB_CACHE={args.dir} and --snapshot {args.repo_id}")
+    return 0
+
+
+def _console():
+    from rich.console import Console
+
+    # CI logs are not terminals; a fixed width keeps tables readable there instead of 80 columns.
+    return Console(width=None if sys.stdout.isatty() else 160)

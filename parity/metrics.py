@@ -1,0 +1,132 @@
+"""Error metrics between a reference tensor `a` and a candidate `b` of the same shape.
+
+All arithmetic is float64 on the CPU, so the metric itself adds no rounding worth naming.
+Zero-safe by definition rather than by epsilon:
+- rel_l2 = ||b - a|| / ||a||; 0 when both are zero, inf when only `a` is zero.
+- cosine = <a, b> / (||a|| ||b||); 1 when both are zero, 0 when exactly one is.
+- sqnr_db = 10 log10(||a||^2 / ||b - a||^2); inf when equal, -inf when `a` is zero and `b` is not.
+Elements that are NaN or Inf on either side are counted, and left out of every other metric (a
+stage with any of them fails on the count alone; see `parity.tolerances`).
+Decoded frames also get PSNR and SSIM with the parameters in `SSIM_PARAMS`, recorded in summaries.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+SSIM_PARAMS = {"data_range": 255, "channel_axis": -1, "win_size": 7, "gaussian_weights": False}
+"""scikit-image structural_similarity arguments, pinned (HWC uint8 frames)."""
+PSNR_DATA_RANGE = 255
+
+
+@dataclass
+class Metrics:
+    numel: int
+    max_abs: float
+    mean_abs: float
+    rel_l2: float
+    cosine: float
+    sqnr_db: float
+    nonfinite_a: int
+    nonfinite_b: int
+    worst_index: tuple[int, ...]
+    """Index of the largest |b - a| in the stage tensor's own layout (see `parity.capture.LAYOUTS`)."""
+    worst_a: float
+    worst_b: float
+    psnr: float | None = None
+    ssim: float | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["worst_index"] = list(self.worst_index)
+        return d
+
+
+def to_float64(t) -> np.ndarray:
+    """A torch tensor or numpy array as float64 numpy (bf16 goes through fp32, which is exact)."""
+    if hasattr(t, "detach"):
+        import torch
+
+        t = t.detach().cpu()
+        if t.dtype == torch.bool:
+            t = t.to(torch.uint8)
+        return t.to(torch.float64).numpy()
+    return np.asarray(t, dtype=np.float64)
+
+
+def compare_arrays(a, b) -> Metrics:
+    a64, b64 = to_float64(a), to_float64(b)
+    if a64.shape != b64.shape:
+        raise ValueError(f"shape mismatch {a64.shape} vs {b64.shape}")
+    finite_a, finite_b = np.isfinite(a64), np.isfinite(b64)
+    both = finite_a & finite_b
+    av, bv = np.where(both, a64, 0.0), np.where(both, b64, 0.0)
+    diff = np.abs(bv - av)
+    norm_a = float(np.sqrt(np.sum(av * av)))
+    norm_b = float(np.sqrt(np.sum(bv * bv)))
+    norm_d = float(np.sqrt(np.sum(diff * diff)))
+    if diff.size:
+        flat = int(np.argmax(diff))
+        worst = tuple(int(i) for i in np.unravel_index(flat, diff.shape))
+        max_abs, mean_abs = float(diff.reshape(-1)[flat]), float(diff.mean())
+        worst_a, worst_b = float(a64[worst]), float(b64[worst])
+    else:
+        worst, max_abs, mean_abs, worst_a, worst_b = (), 0.0, 0.0, 0.0, 0.0
+    return Metrics(
+        numel=int(a64.size),
+        max_abs=max_abs,
+        mean_abs=mean_abs,
+        rel_l2=_ratio(norm_d, norm_a),
+        cosine=_cosine(av, bv, norm_a, norm_b),
+        sqnr_db=_sqnr(norm_a, norm_d),
+        nonfinite_a=int((~finite_a).sum()),
+        nonfinite_b=int((~finite_b).sum()),
+        worst_index=worst,
+        worst_a=worst_a,
+        worst_b=worst_b,
+    )
+
+
+def compare_frames(a, b) -> Metrics:
+    """`compare_arrays` plus PSNR and SSIM, for decoded uint8 frames laid out (H, W, 3)."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    m = compare_arrays(a, b)
+    a8, b8 = _as_uint8(a), _as_uint8(b)
+    if np.array_equal(a8, b8):
+        m.psnr, m.ssim = math.inf, 1.0
+    else:
+        m.psnr = float(peak_signal_noise_ratio(a8, b8, data_range=PSNR_DATA_RANGE))
+        m.ssim = float(structural_similarity(a8, b8, **SSIM_PARAMS)) if min(a8.shape[:2]) >= SSIM_PARAMS["win_size"] else None
+    return m
+
+
+def _as_uint8(t) -> np.ndarray:
+    if hasattr(t, "detach"):
+        t = t.detach().cpu().numpy()
+    return np.asarray(t).astype(np.uint8)
+
+
+def _ratio(num: float, den: float) -> float:
+    if den == 0.0:
+        return 0.0 if num == 0.0 else math.inf
+    return num / den
+
+
+def _cosine(av: np.ndarray, bv: np.ndarray, norm_a: float, norm_b: float) -> float:
+    if norm_a == 0.0 and norm_b == 0.0:
+        return 1.0
+    if norm_a == 0.0 or norm_b == 0.0:
+        return 0.0
+    return float(np.clip(np.sum(av * bv) / (norm_a * norm_b), -1.0, 1.0))
+
+
+def _sqnr(norm_a: float, norm_d: float) -> float:
+    if norm_d == 0.0:
+        return math.inf
+    if norm_a == 0.0:
+        return -math.inf
+    return 20.0 * math.log10(norm_a / norm_d)

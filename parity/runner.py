@@ -1,0 +1,39 @@
+"""The contract every runner implements, and the request it receives.
+
+A runner turns one `RunRequest` into one capture folder (see `parity.capture`). The reference
+runner (`reference.runner.ReferenceRunner`) and the FastVideo adapter implement the same method,
+so the comparison never needs to know which side produced a capture.
+
+    runner = ReferenceRunner(snapshot, profile="upstream")
+    capture_dir = runner.run(RunRequest(case, side="upstream", out_dir=..., device="cpu"))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from parity.case import Case
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    case: Case
+    side: str
+    """Name of this side in the comparison (`upstream`, `script`, `fastvideo`)."""
+    out_dir: Path
+    """The capture folder to create; it must not exist or be empty."""
+    device: str = "cpu"
+    options: dict[str, Any] = field(default_factory=dict)
+    """Option overrides on top of the profile and the case's `[options]`."""
+    prompt_from: Path | None = None
+    """A capture whose prompt embedding and pad mask this side uses instead of encoding (shared prompt)."""
+
+
+class Runner(Protocol):
+    name: str
+
+    def run(self, request: RunRequest) -> Path:
+        """Run the case, write the capture, return its folder."""
+        ...

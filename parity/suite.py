@@ -1,0 +1,143 @@
+"""Runs cases against pairs of sides and writes every capture and comparison under one folder.
+
+    out/
+      index.json                              every case x pair: verdict, first divergence, paths
+      <case>/captures/<label>/                one capture per distinct side run (see `_label`)
+      <case>/<a-label>__vs__<b-label>/        summary.json, stages.csv (and the HTML report)
+
+A side's capture is reused by every pair that needs the same run (upstream is run once per case
+even when it is compared with both the script and FastVideo).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from parity.capture import Capture
+from parity.case import Case, Pair
+from parity.compare import ComparisonResult, compare_captures
+from parity.errors import UserError
+from parity.output import summary_dict, write_outputs
+from parity.runner import Runner, RunRequest
+
+
+@dataclass
+class SideConfig:
+    """Where each side's model comes from; shared by the CLI, `make parity` and the pytest plugin."""
+
+    snapshot: str | Path
+    trust_remote_code: bool = False
+    text_encoder: str | None = None
+    hf_cache_dir: str | None = None
+    fastvideo_bundle: str | None = None
+    device: str = "cpu"
+
+    def runner(self, side: str) -> Runner:
+        if side in ("upstream", "script"):
+            from reference.runner import ReferenceRunner
+
+            return ReferenceRunner(self.snapshot, profile=side, trust_remote_code=self.trust_remote_code,
+                                   text_encoder=self.text_encoder, hf_cache_dir=self.hf_cache_dir)
+        if side == "fastvideo":
+            from parity.fastvideo import FastVideoRunner
+
+            return FastVideoRunner(bundle=self.fastvideo_bundle, snapshot=self.snapshot,
+                                   trust_remote_code=self.trust_remote_code)
+        raise UserError(f"unknown side {side!r}")
+
+
+def default_pairs() -> tuple[tuple[Pair, ...], str | None]:
+    """upstream vs script always; upstream vs fastvideo when FastVideo can be imported.
+    Returns the pairs and, when FastVideo is left out, why."""
+    from parity.fastvideo import fastvideo_status
+
+    pairs = [Pair("upstream", "script")]
+    ok, why = fastvideo_status()
+    if ok:
+        pairs.append(Pair("upstream", "fastvideo"))
+    return tuple(pairs), (None if ok else why)
+
+
+@dataclass
+class PairOutcome:
+    case: Case
+    pair: Pair
+    a_dir: Path
+    b_dir: Path
+    out_dir: Path
+    result: ComparisonResult
+
+
+@dataclass
+class CaseRunner:
+    """Runs one case's pairs, reusing captures between pairs."""
+
+    sides: SideConfig
+    out_root: Path
+    log: Callable[[str], None] = print
+    _captures: dict[str, Path] = field(default_factory=dict)
+
+    def run_case(self, case: Case, pairs: tuple[Pair, ...]) -> list[PairOutcome]:
+        outcomes = []
+        for pair in pairs:
+            a_label = _label(pair.a, pair.a_options)
+            a_dir = self._capture(case, pair.a, pair.a_options, a_label, prompt_from=None)
+            share = case.alignment.prompt == "shared"
+            b_label = _label(pair.b, pair.b_options, a_label if share else None)
+            b_dir = self._capture(case, pair.b, pair.b_options, b_label, prompt_from=a_dir if share else None)
+            result = compare_captures(Capture.open(a_dir), Capture.open(b_dir), case.tolerances)
+            out_dir = self.out_root / case.name / f"{a_label}__vs__{b_label}"
+            write_outputs(result, out_dir)
+            outcomes.append(PairOutcome(case, pair, a_dir, b_dir, out_dir, result))
+        return outcomes
+
+    def _capture(self, case: Case, side: str, options: dict, label: str, prompt_from: Path | None) -> Path:
+        key = f"{case.name}/{label}"
+        if key not in self._captures:
+            out = self.out_root / case.name / "captures" / label
+            self.log(f"  run {case.name}: {label}")
+            self.sides.runner(side).run(RunRequest(case, side, out, self.sides.device, dict(options), prompt_from))
+            self._captures[key] = out
+        return self._captures[key]
+
+
+def _label(side: str, options: dict, prompt_from_label: str | None = None) -> str:
+    """`script`, `script+1a2b3c4d` with option overrides, `...@upstream` with an injected prompt."""
+    label = side
+    if options:
+        label += "+" + hashlib.sha1(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
+    if prompt_from_label:
+        label += f"@{prompt_from_label}"
+    return label
+
+
+def write_index(out_root: Path, outcomes: list[PairOutcome], notes: list[str]) -> Path:
+    entries = []
+    for o in outcomes:
+        s = summary_dict(o.result)
+        entries.append({
+            "case": o.case.name, "pair": o.pair.name, "verdict": s["verdict"],
+            "first_divergence": (s["first_divergence"] or {}).get("explanation"),
+            "first_value_divergence": (s["first_value_divergence"] or {}).get("explanation"),
+            "first_divergent_frame": s["first_divergent_frame"],
+            "summary": str((o.out_dir / "summary.json").relative_to(out_root)),
+            "captures": {"a": str(o.a_dir.relative_to(out_root)), "b": str(o.b_dir.relative_to(out_root))},
+        })
+    path = out_root / "index.json"
+    path.write_text(json.dumps({"comparisons": entries, "notes": notes}, indent=1))
+    return path
+
+
+def new_run_folder(root: Path, stamp: str) -> Path:
+    """`root/parity-<stamp>`, never an existing folder: earlier results are never overwritten."""
+    candidate = root / f"parity-{stamp}"
+    n = 1
+    while candidate.exists():
+        n += 1
+        candidate = root / f"parity-{stamp}-{n}"
+    candidate.mkdir(parents=True)
+    return candidate

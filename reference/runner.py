@@ -1,0 +1,258 @@
+"""The reference runner: a snapshot's own code, driven through the upstream per-frame protocol.
+
+Per frame f (upstream profile; each step names the option that changes it):
+1. noise x (1, 1, C, H, W) in `noise_dtype`: shared, or drawn by `noise_rule`
+2. cache frozen; for each consecutive (s, s_next) of the schedule (`sigmas`, held in `sigma_dtype`):
+   v = model(x, sigma=s, ...); x = x + (s_next - s) * v, all in the model dtype
+3. cache pass (`cache_pass`, needs `cache_mode = ring`): cache unfrozen, one forward on the clean
+   latent at sigma = 0 with the same controls and timestamp; output discarded, K/V written
+4. decode: vae.decode(x.squeeze(1) cast by `decode_input_dtype`, / `latent_scale` + `latent_shift`)
+   -> uint8 (H', W', 3)
+Every tensor of every step goes to the capture.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from parity import alignment
+from parity.capture import CaptureWriter, Protocol
+from parity.environment import describe_environment, pin_numerics
+from parity.errors import UserError
+from parity.runner import RunRequest
+from reference import snapshot as snap
+from reference.options import ReferenceOptions, check_schedule, resolve_options
+from reference.prompt import ENCODER_CLASSES, encode_prompt
+
+
+@dataclass
+class LoadedSnapshot:
+    path: Path
+    config: dict[str, Any]
+    model: Any
+    vae: Any
+    cache_class: Any
+    trust: str
+    load_report: snap.LoadReport
+    encoder_dir: Path
+    tokenizer_dir: Path
+
+
+class ReferenceRunner:
+    name = "reference"
+
+    def __init__(self, snapshot: str | Path, profile: str = "upstream", trust_remote_code: bool = False,
+                 text_encoder: str | Path | None = None, hf_cache_dir: str | None = None):
+        self.snapshot_spec, self.profile = snapshot, profile
+        self.trust_remote_code, self.text_encoder = trust_remote_code, text_encoder
+        self.hf_cache_dir = hf_cache_dir
+
+    # -- loading ---------------------------------------------------------------------------------
+    def load(self, options: ReferenceOptions, device: str) -> LoadedSnapshot:
+        import torch
+
+        path = snap.resolve_snapshot(self.snapshot_spec, self.hf_cache_dir)
+        snap.check_layout(path)
+        trust = snap.require_trust(path, self.trust_remote_code)
+        config = snap.read_json(path / "transformer" / "config.json")
+        model_module = snap.import_file(path / "transformer" / "model.py", "model")
+        class_name = config.get("_class_name", "WorldModel")
+        if not hasattr(model_module, class_name):
+            raise UserError(f"transformer/model.py has no class {class_name!r} (named by _class_name)", path / "transformer" / "model.py")
+        kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
+        try:
+            model = getattr(model_module, class_name)(**kwargs)
+        except Exception as exc:
+            raise UserError(f"{class_name}(**config) failed ({type(exc).__name__}: {exc})", path / "transformer" / "config.json") from None
+        report = snap.load_weights(model, path / "transformer", options.strict_load, "transformer")
+        model = model.to(device=device, dtype=getattr(torch, options.model_dtype)).eval()
+
+        cache_module = snap.import_file(path / "before_denoise.py", "before_denoise")
+        if not hasattr(cache_module, "StaticKVCache"):
+            raise UserError("before_denoise.py has no StaticKVCache", path / "before_denoise.py")
+
+        vae_config = snap.read_json(path / "vae" / "config.json")
+        vae_module_name, vae_class = _auto_map_target(vae_config, path / "vae" / "config.json")
+        vae_module = snap.import_file(path / "vae" / f"{vae_module_name}.py", "vae")
+        if not hasattr(vae_module, vae_class):
+            raise UserError(f"vae/{vae_module_name}.py has no class {vae_class!r}", path / "vae")
+        vae = getattr(vae_module, vae_class)(**{k: v for k, v in vae_config.items() if not k.startswith("_") and k != "auto_map"})
+        snap.load_weights(vae, path / "vae", True, "VAE")
+        vae = vae.to(device=device, dtype=getattr(torch, options.vae_dtype)).eval()
+
+        encoder_dir, tokenizer_dir = self._text_encoder_dirs(path)
+        return LoadedSnapshot(path, config, model, vae, cache_module.StaticKVCache, trust, report, encoder_dir, tokenizer_dir)
+
+    def _text_encoder_dirs(self, path: Path) -> tuple[Path, Path]:
+        if self.text_encoder is None and (path / "text_encoder").is_dir():
+            return path / "text_encoder", path / "tokenizer"
+        te = snap.resolve_snapshot(self.text_encoder or "google/umt5-xl", self.hf_cache_dir)
+        tok = te / "tokenizer" if (te / "tokenizer").is_dir() else te
+        return (te / "text_encoder" if (te / "text_encoder").is_dir() else te), tok
+
+    # -- running ---------------------------------------------------------------------------------
+    def run(self, request: RunRequest) -> Path:
+        import torch
+
+        case = request.case
+        options = resolve_options(self.profile, {**case.options, **request.options}, str(case.path) if case.path else None)
+        device = request.device
+        pin_numerics(device)
+        loaded = self.load(options, device)
+        model_dtype = getattr(torch, options.model_dtype)
+        noise_dtype = getattr(torch, options.noise_dtype)
+        sigmas = self._schedule(options, loaded)
+        shape = (1, 1, loaded.config["channels"], loaded.config["height"], loaded.config["width"])
+
+        if request.prompt_from is not None:
+            emb, pad_mask = alignment.load_shared_prompt(request.prompt_from)
+            emb, pad_mask = emb.to(device=device, dtype=model_dtype), pad_mask.to(device)
+            prompt_source = f"injected from {request.prompt_from}"
+        else:
+            emb, pad_mask = encode_prompt(case.prompt, options, loaded.encoder_dir, loaded.tokenizer_dir, device)
+            prompt_source = "encoded"
+
+        # Everything that can fail on a bad input has run by now: only then is the folder created.
+        writer = CaptureWriter(request.out_dir, {
+            "side": request.side,
+            "runner": {"name": self.name, "profile": self.profile},
+            "options": options.describe(),
+            "case": case.describe(),
+            "seed": case.seed,
+            "device": device,
+            "environment": describe_environment(device),
+            "model": self._model_block(loaded, options),
+        })
+        started = time.perf_counter()
+        writer.record_prompt(emb, pad_mask)
+
+        protocol = Protocol(
+            sigmas=[float(s) for s in sigmas.float().cpu()], sigma_dtype=options.sigma_dtype, steps=len(sigmas) - 1,
+            noise_rule=alignment.SHARED_NOISE_RULE if case.alignment.noise == "shared" else _native_noise_rule(options),
+            noise_dtype=options.noise_dtype, encoder_class=ENCODER_CLASSES[options.encoder_class],
+            encoder_dtype=options.encoder_dtype, prompt_mask=options.mask_multiply, prompt_source=prompt_source,
+            model_dtype=options.model_dtype, cache_mode=options.cache_mode,
+            cache_pass=options.cache_pass and options.cache_mode != "none", vae_dtype=options.vae_dtype,
+            decode_input_dtype=options.model_dtype if options.decode_input_dtype == "model" else options.decode_input_dtype,
+            latent_scale=options.latent_scale, latent_shift=options.latent_shift, strict_load=options.strict_load,
+        )
+        writer.set("protocol", protocol.describe())
+        writer.set("alignment", {"noise": case.alignment.noise, "prompt": case.alignment.prompt, "prompt_source": prompt_source})
+
+        cache = loaded.cache_class(loaded.config, 1, model_dtype) if options.cache_mode == "ring" else None
+        if case.alignment.noise == "native" and options.noise_rule == "global":
+            torch.manual_seed(case.seed)
+        with torch.no_grad():
+            for f in range(case.frames):
+                self._frame(f, request, options, loaded, cache, emb, pad_mask, sigmas, shape, noise_dtype, model_dtype, writer)
+        writer.close(complete=True, elapsed_s=round(time.perf_counter() - started, 3))
+        return request.out_dir
+
+    def _frame(self, f, request, options, loaded, cache, emb, pad_mask, sigmas, shape, noise_dtype, model_dtype, writer):
+        import torch
+
+        case, device = request.case, request.device
+        controls = case.controls[f].tensors(model_dtype, device)
+        timestamp = torch.tensor([[f]], dtype=torch.long, device=device)
+        if case.alignment.noise == "shared":
+            x = alignment.shared_noise(case.seed, f, shape, noise_dtype, device)
+        elif options.noise_rule == "per_frame_generator":
+            gen = torch.Generator(device=device).manual_seed(case.seed + f)
+            x = torch.randn(shape, generator=gen, device=device, dtype=noise_dtype)
+        else:
+            x = torch.randn(shape, device=device, dtype=noise_dtype)
+        x = x.to(model_dtype)
+
+        def call(latent, sigma):
+            return loaded.model(
+                x=latent, sigma=sigma.reshape(1, 1), frame_timestamp=timestamp, prompt_emb=emb,
+                prompt_pad_mask=pad_mask, mouse=controls["mouse"], button=controls["button"],
+                scroll=controls["scroll"], kv_cache=cache,
+            )
+
+        with writer.frame(f) as rec:
+            for name, t in controls.items():
+                rec[f"controls.{name}"] = t
+            rec["noise"] = x
+            if cache is not None:
+                cache.set_frozen(True)
+            for i in range(len(sigmas) - 1):
+                s, s_next = sigmas[i], sigmas[i + 1]
+                v = call(x, s)
+                _check_finite(v, f"frame {f}, step {i}, velocity")
+                updated = x + (s_next - s).to(x.dtype) * v
+                rec[f"step{i}.sigma"], rec[f"step{i}.input"], rec[f"step{i}.velocity"], rec[f"step{i}.update"] = s, x, v, updated
+                x = updated
+            rec["latent"] = x
+            if cache is not None and options.cache_pass:
+                cache.set_frozen(False)
+                out = call(x, torch.zeros((), dtype=sigmas.dtype, device=device))
+                cache.set_frozen(True)
+                rec["cache_pass.input"], rec["cache_pass.output"] = x, out
+            z = x.squeeze(1)
+            if options.decode_input_dtype != "model":
+                z = z.to(getattr(torch, options.decode_input_dtype))
+            if options.latent_scale != 1.0 or options.latent_shift != 0.0:
+                z = z / options.latent_scale + options.latent_shift
+            rec["decoded"] = loaded.vae.decode(z)
+
+    def _schedule(self, options: ReferenceOptions, loaded: LoadedSnapshot):
+        import torch
+
+        config_path = loaded.path / "transformer" / "config.json"
+        if options.sigmas == "config":
+            values = loaded.config.get("scheduler_sigmas")
+            if values is None:
+                if not options.sigmas_fallback:
+                    raise UserError("config has no scheduler_sigmas and the profile has no fallback", config_path)
+                values = list(options.sigmas_fallback)
+            else:
+                try:
+                    check_schedule(tuple(values) if isinstance(values, list) else (), "scheduler_sigmas")
+                except ValueError as exc:
+                    raise UserError(str(exc), config_path) from None
+        else:
+            values = list(options.sigmas)
+        return torch.tensor(values, dtype=getattr(torch, options.sigma_dtype))
+
+    def _model_block(self, loaded: LoadedSnapshot, options: ReferenceOptions) -> dict[str, Any]:
+        from parity.tiny import is_tiny_checkpoint
+
+        return {
+            "snapshot": str(loaded.path),
+            "revision": snap.snapshot_revision(loaded.path),
+            "test_model": is_tiny_checkpoint(loaded.path),
+            "description": "waypoint-parity tiny random-weight test model" if is_tiny_checkpoint(loaded.path) else "user snapshot",
+            "code_trust": loaded.trust,
+            "weights_sha256": snap.file_hashes(loaded.path),
+            "transformer_config": loaded.config,
+            "load_report": {"strict": options.strict_load, "missing": loaded.load_report.missing,
+                            "unexpected": loaded.load_report.unexpected, "mismatched": loaded.load_report.mismatched},
+        }
+
+
+def _auto_map_target(vae_config: dict, path: Path) -> tuple[str, str]:
+    target = (vae_config.get("auto_map") or {}).get("AutoModel")
+    if not isinstance(target, str) or "." not in target:
+        raise UserError("vae config has no auto_map.AutoModel of the form module.Class", path)
+    module, cls = target.rsplit(".", 1)
+    if not module.isidentifier():
+        raise UserError(f"auto_map module {module!r} is not a plain file name", path)
+    return module, cls
+
+
+def _native_noise_rule(options: ReferenceOptions) -> str:
+    if options.noise_rule == "per_frame_generator":
+        return "native: Generator(device).manual_seed(seed + frame)"
+    return "native: torch.manual_seed(seed) once, global RNG per frame"
+
+
+def _check_finite(t, where: str) -> None:
+    import torch
+
+    if not torch.isfinite(t).all():
+        bad = (~torch.isfinite(t)).nonzero()[0].tolist()
+        raise UserError(f"model produced NaN/Inf at {where}, index {bad}")

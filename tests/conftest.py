@@ -1,0 +1,61 @@
+"""Shared fixtures: one tiny checkpoint per test session, cases written on the fly, a runner helper."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)  # CPU timings and results stay stable on 2-core CI machines
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """The built-in random-weight checkpoint, generated once per session."""
+    from parity.tiny import make_checkpoint
+
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+@pytest.fixture
+def write_case(tmp_path):
+    """write_case(text, name="case") -> Path of a TOML case file holding `text` (dedented)."""
+
+    def write(text: str, name: str = "case") -> Path:
+        path = tmp_path / f"{name}.toml"
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    return write
+
+
+SMALL_CASE = """
+    prompt = "A first-person gameplay video exploring a stylized world."
+    seed = 42
+    frames = 3
+    [controls]
+    buttons = [17]
+"""
+
+
+@pytest.fixture
+def small_case(write_case):
+    from parity.case import load_case
+
+    return load_case(write_case(SMALL_CASE, "small"))
+
+
+@pytest.fixture
+def run_side(tiny_checkpoint, tmp_path):
+    """run_side(case, side="upstream", name=None, **request_fields) -> capture folder."""
+    from parity.runner import RunRequest
+    from reference.runner import ReferenceRunner
+
+    def run(case, side="upstream", name=None, options=None, prompt_from=None, snapshot=None):
+        out = tmp_path / (name or side)
+        runner = ReferenceRunner(snapshot or tiny_checkpoint, profile=side)
+        return runner.run(RunRequest(case, side, out, "cpu", dict(options or {}), prompt_from))
+
+    return run
