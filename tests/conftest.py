@@ -59,3 +59,6 @@ def run_side(tiny_checkpoint, tmp_path):
         return runner.run(RunRequest(case, side, out, "cpu", dict(options or {}), prompt_from))
 
     return run
+
+
+pytest_plugins = ["pytester"]
