@@ -58,6 +58,9 @@ TRANSFORMER_CONFIG = {
     "global_pinned_dilation": 2,
     "n_buttons": 256,
     "prompt_embedding_dim": 32,
+    "n_scenes": 8,
+    "posterior_beta": 20.0,
+    "residual_scale": 0.1,
     "scheduler_sigmas": SCHEDULER_SIGMAS,
 }
 """Real latent shape (16, 32, 32) and patching; small width and windows so rings wrap by frame 8."""
@@ -218,7 +221,9 @@ def _randomised(state: dict, gen, skip_tied: bool = False) -> dict:
         if skip_tied and t.data_ptr() in seen:
             continue  # transformers ties shared embeddings; save the storage once
         seen[t.data_ptr()] = name
-        if t.ndim >= 2:
+        if name == "scene_bank":
+            new = procedural_scenes(t.shape, gen)
+        elif t.ndim >= 2:
             fan_in = math.prod(t.shape[1:])
             new = torch.randn(t.shape, generator=gen) / math.sqrt(fan_in)
         elif name.endswith("weight"):  # norm scales
@@ -227,6 +232,23 @@ def _randomised(state: dict, gen, skip_tied: bool = False) -> dict:
             new = 0.02 * torch.randn(t.shape, generator=gen)
         out[name] = new.to(torch.float32).contiguous()
     return out
+
+
+def procedural_scenes(shape, gen):
+    """(K, C, H, W) latent scenes: a few random gratings per channel (edges and texture at every
+    frequency up to Nyquist) plus a little white noise, each scene at unit RMS. Averaging two of them
+    visibly lowers high-frequency energy, which is what the blur evidence measures."""
+    import torch
+
+    K, C, H, W = shape
+    yy, xx = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij")
+    n_gratings = 6
+    freq = torch.rand((K, C, n_gratings, 2), generator=gen) * 0.5  # cycles per latent pixel, up to Nyquist
+    phase = torch.rand((K, C, n_gratings), generator=gen) * 2 * math.pi
+    amp = torch.randn((K, C, n_gratings), generator=gen)
+    arg = 2 * math.pi * (freq[..., 0, None, None] * xx + freq[..., 1, None, None] * yy) + phase[..., None, None]
+    scenes = (amp[..., None, None] * torch.sin(arg)).sum(dim=2) + 0.3 * torch.randn((K, C, H, W), generator=gen)
+    return scenes / scenes.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()
 
 
 def _save(tensors: dict, path: Path) -> None:

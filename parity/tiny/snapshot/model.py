@@ -10,6 +10,14 @@ x (B,T,C,H,W); sigma (B,T) or scalar; frame_timestamp (B,T) long; prompt_emb (B,
 mouse (B,T,2); button (B,T,n_buttons); scroll (B,T,1); kv_cache a StaticKVCache or None.
 As upstream, cross-attention ignores prompt_pad_mask, and the noise-level embedding and RoPE
 tables are computed in fp32 whatever the model dtype.
+
+Behaviour, so that sampling errors look like they do in a trained model: the velocity is the exact
+posterior-mean velocity of a rectified flow whose data is a small bank of procedural scenes held in
+the weights (`scene_bank`), v = (x - E[x0 | x, sigma]) / sigma, with the posterior weights
+softmax(-beta * mean((x - (1 - sigma) m_k)^2) / (2 sigma^2) + steer_k). The transformer, which sees
+the controls, the prompt and the cached frames, supplies the steering logits and a small residual.
+At high sigma the posterior is a blend of scenes; a schedule that leaves sigma high until its last
+step (fewer or coarser steps) decodes a blend, i.e. loses detail.
 """
 
 import math
@@ -132,7 +140,7 @@ class Block(nn.Module):
 class WorldModel(nn.Module):
     def __init__(self, d_model=64, n_heads=4, n_kv_heads=2, n_layers=4, mlp_ratio=2, channels=16,
                  height=32, width=32, patch=(2, 2), tokens_per_frame=256, n_buttons=256,
-                 prompt_embedding_dim=32, **unused_config):
+                 prompt_embedding_dim=32, n_scenes=8, posterior_beta=20.0, residual_scale=0.1, **unused_config):
         super().__init__()
         self.channels, self.height, self.width = channels, height, width
         self.patch = tuple(patch)
@@ -150,6 +158,9 @@ class WorldModel(nn.Module):
         self.final_norm = RMSNorm(d_model)
         self.final_modulation = nn.Linear(d_model, 2 * d_model)
         self.patch_out = nn.Linear(d_model, channels * ph * pw)
+        self.scene_bank = nn.Parameter(torch.zeros(n_scenes, channels, height, width))
+        self.scene_steer = nn.Linear(d_model, n_scenes)
+        self.posterior_beta, self.residual_scale = posterior_beta, residual_scale
 
     def forward(self, x, sigma, frame_timestamp, prompt_emb, prompt_pad_mask, mouse, button, scroll, kv_cache=None):
         B, T, C, H, W = x.shape
@@ -175,5 +186,16 @@ class WorldModel(nn.Module):
             h = block(h, cond, ctx, rope, i, kv_cache, frame_timestamp)
         shift, scale = self.final_modulation(F.silu(cond)).chunk(2, dim=-1)
         out = self.patch_out(self.final_norm(h) * (1 + scale) + shift)
-        out = out.reshape(B, T, gh, gw, C, ph, pw).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, T, C, H, W)
-        return out.to(x.dtype)
+        residual = out.reshape(B, T, gh, gw, C, ph, pw).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, T, C, H, W)
+        steer = self.scene_steer(h.reshape(B, T, N, -1).mean(dim=2)).float()  # (B,T,K)
+        return self.posterior_velocity(x, sigma, steer, residual).to(x.dtype)
+
+    def posterior_velocity(self, x, sigma, steer, residual):
+        """fp32 posterior-mean velocity over the scene bank, plus the transformer's residual."""
+        s = sigma.float().clamp(min=1e-3)[..., None]  # (B,T,1); sigma = 0 is the cache pass, output unused
+        bank = self.scene_bank.float()  # (K,C,H,W)
+        xf = x.float()
+        dist = ((xf[:, :, None] - (1 - s)[..., None, None, None] * bank[None, None]) ** 2).mean(dim=(-3, -2, -1))  # (B,T,K)
+        weights = torch.softmax(steer - self.posterior_beta * dist / (2 * s * s), dim=-1)
+        x0 = torch.einsum("btk,kchw->btchw", weights, bank)
+        return (xf - x0) / s[..., None, None] + self.residual_scale * residual.float()
