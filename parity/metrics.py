@@ -130,3 +130,32 @@ def _sqnr(norm_a: float, norm_d: float) -> float:
     if norm_a == 0.0:
         return -math.inf
     return 20.0 * math.log10(norm_a / norm_d)
+
+
+HF_CUTOFF = 0.25
+"""High-frequency share: energy above this fraction of the Nyquist radius (of the luma spectrum)."""
+
+
+def luma(frame) -> np.ndarray:
+    """(H, W, 3) uint8 -> (H, W) float64, Rec. 601 weights."""
+    f = _as_uint8(frame).astype(np.float64)
+    return f[..., 0] * 0.299 + f[..., 1] * 0.587 + f[..., 2] * 0.114
+
+
+def laplacian_variance(frame) -> float:
+    """Variance of the 4-neighbour Laplacian of the luma, valid pixels only: the usual focus measure.
+    Lower means less detail (blur or flat content)."""
+    y = luma(frame)
+    lap = y[1:-1, :-2] + y[1:-1, 2:] + y[:-2, 1:-1] + y[2:, 1:-1] - 4.0 * y[1:-1, 1:-1]
+    return float(lap.var())
+
+
+def high_frequency_share(frame, cutoff: float = HF_CUTOFF) -> float:
+    """Share of the luma's spectral energy (mean removed) above `cutoff` x Nyquist; 0 for a flat frame."""
+    y = luma(frame)
+    power = np.abs(np.fft.fft2(y - y.mean())) ** 2
+    fy = np.fft.fftfreq(y.shape[0])[:, None] / 0.5
+    fx = np.fft.fftfreq(y.shape[1])[None, :] / 0.5
+    radius = np.sqrt(fx**2 + fy**2)
+    total = power.sum()
+    return float(power[radius > cutoff].sum() / total) if total > 0 else 0.0

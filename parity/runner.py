@@ -29,6 +29,14 @@ class RunRequest:
     """Option overrides on top of the profile and the case's `[options]`."""
     prompt_from: Path | None = None
     """A capture whose prompt embedding and pad mask this side uses instead of encoding (shared prompt)."""
+    teacher: Path | None = None
+    """Teacher forcing: a capture whose exact inputs this side's model is fed at every step and
+    cache pass (noise, step inputs and sigmas, final latent), so each stage shows only its local
+    error. See `parity.diagnose.teacher`."""
+    resume: bool = False
+    """Continue the incomplete capture in `out_dir` (see `parity.resume`); a fresh one if there is none."""
+    max_capture_bytes: int | str | None = None
+    """Size limit of the capture (`--max-capture-bytes`; see `parity.budget`)."""
 
 
 class Runner(Protocol):
