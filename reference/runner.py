@@ -24,7 +24,8 @@ from parity.environment import describe_environment, pin_numerics
 from parity.errors import UserError
 from parity.runner import RunRequest
 from reference import snapshot as snap
-from reference.options import ReferenceOptions, check_schedule, resolve_options
+from reference import checks
+from reference.options import ReferenceOptions, resolve_options
 from reference.prompt import ENCODER_CLASSES, encode_prompt
 
 
@@ -39,13 +40,23 @@ class LoadedSnapshot:
     load_report: snap.LoadReport
     encoder_dir: Path
     tokenizer_dir: Path
+    latent_shape: tuple[int, ...] | None = None
+    code: dict[str, Any] | None = None
+
+
+CODE_SOURCES = ("snapshot", "world_engine")
+"""Where the model, KV cache and VAE code comes from: the snapshot's own .py files, or the
+`world_engine` library (see `reference.world_engine_code`)."""
 
 
 class ReferenceRunner:
     name = "reference"
 
     def __init__(self, snapshot: str | Path, profile: str = "upstream", trust_remote_code: bool = False,
-                 text_encoder: str | Path | None = None, hf_cache_dir: str | None = None):
+                 text_encoder: str | Path | None = None, hf_cache_dir: str | None = None, code_source: str = "snapshot"):
+        if code_source not in CODE_SOURCES:
+            raise UserError(f"unknown code source {code_source!r}; expected one of {', '.join(CODE_SOURCES)}")
+        self.code_source = code_source
         self.snapshot_spec, self.profile = snapshot, profile
         self.trust_remote_code, self.text_encoder = trust_remote_code, text_encoder
         self.hf_cache_dir = hf_cache_dir
@@ -55,9 +66,12 @@ class ReferenceRunner:
         import torch
 
         path = snap.resolve_snapshot(self.snapshot_spec, self.hf_cache_dir)
+        if self.code_source == "world_engine":
+            return self._load_world_engine(path, options, device)
         snap.check_layout(path)
         trust = snap.require_trust(path, self.trust_remote_code)
         config = snap.read_json(path / "transformer" / "config.json")
+        checks.check_config(config, path / "transformer" / "config.json")
         model_module = snap.import_file(path / "transformer" / "model.py", "model")
         class_name = config.get("_class_name", "WorldModel")
         if not hasattr(model_module, class_name):
@@ -86,6 +100,19 @@ class ReferenceRunner:
         encoder_dir, tokenizer_dir = self._text_encoder_dirs(path)
         return LoadedSnapshot(path, config, model, vae, cache_module.StaticKVCache, trust, report, encoder_dir, tokenizer_dir)
 
+    def _load_world_engine(self, path: Path, options: ReferenceOptions, device: str) -> LoadedSnapshot:
+        from reference import world_engine_code
+
+        config_path = path / "transformer" / "config.json"
+        if not config_path.is_file():
+            raise UserError("incomplete snapshot: transformer/config.json is missing", path)
+        config = snap.read_json(config_path)
+        parts, report = world_engine_code.load_parts(path, config, options, device, snap.load_weights, snap.read_json)
+        encoder_dir, tokenizer_dir = self._text_encoder_dirs(path)
+        return LoadedSnapshot(path, config, parts.model, parts.vae, parts.cache_factory,
+                              "no snapshot code runs (model code from world_engine)", report, encoder_dir, tokenizer_dir,
+                              latent_shape=parts.latent_shape, code=parts.code)
+
     def _text_encoder_dirs(self, path: Path) -> tuple[Path, Path]:
         if self.text_encoder is None and (path / "text_encoder").is_dir():
             return path / "text_encoder", path / "tokenizer"
@@ -105,7 +132,7 @@ class ReferenceRunner:
         model_dtype = getattr(torch, options.model_dtype)
         noise_dtype = getattr(torch, options.noise_dtype)
         sigmas = self._schedule(options, loaded)
-        shape = (1, 1, loaded.config["channels"], loaded.config["height"], loaded.config["width"])
+        shape = loaded.latent_shape or (1, 1, loaded.config["channels"], loaded.config["height"], loaded.config["width"])
 
         if request.prompt_from is not None:
             emb, pad_mask = alignment.load_shared_prompt(request.prompt_from)
@@ -116,9 +143,16 @@ class ReferenceRunner:
             prompt_source = "encoded"
 
         # Everything that can fail on a bad input has run by now: only then is the folder created.
-        writer = CaptureWriter(request.out_dir, {
+        from parity import budget, resume
+
+        estimate = budget.estimate_capture(
+            latent_shape=shape, frames=case.frames, steps=len(sigmas) - 1, model_dtype=options.model_dtype,
+            sigma_dtype=options.sigma_dtype, cache_pass=options.cache_pass and options.cache_mode != "none",
+            prompt_shape=tuple(emb.shape), decoded_shape=budget.decoded_shape(loaded.path, shape))
+        print(budget.check_budget(estimate, request.out_dir, budget.budget_limits(request.max_capture_bytes, case.max_capture_bytes)))
+        writer = resume.open_writer(request.out_dir, resume=request.resume, header={
             "side": request.side,
-            "runner": {"name": self.name, "profile": self.profile},
+            "runner": {"name": self.name, "profile": self.profile, "code_source": self.code_source},
             "options": options.describe(),
             "case": case.describe(),
             "seed": case.seed,
@@ -145,13 +179,23 @@ class ReferenceRunner:
         cache = loaded.cache_class(loaded.config, 1, model_dtype) if options.cache_mode == "ring" else None
         if case.alignment.noise == "native" and options.noise_rule == "global":
             torch.manual_seed(case.seed)
-        with torch.no_grad():
-            for f in range(case.frames):
-                self._frame(f, request, options, loaded, cache, emb, pad_mask, sigmas, shape, noise_dtype, model_dtype, writer)
+        teacher = None
+        if request.teacher is not None:
+            from parity.diagnose.teacher import TeacherInputs
+
+            teacher = TeacherInputs.open(request.teacher, case.frames)
+            writer.set("teacher_forced", {"teacher": str(request.teacher), "steps": teacher.steps})
+        try:
+            with torch.no_grad():
+                for f in range(case.frames):
+                    self._frame(f, request, options, loaded, cache, emb, pad_mask, sigmas, shape, noise_dtype, model_dtype, writer, teacher)
+        except UserError as exc:
+            writer.set("error", exc.one_line())  # finished frames stay; the capture stays incomplete
+            raise
         writer.close(complete=True, elapsed_s=round(time.perf_counter() - started, 3))
         return request.out_dir
 
-    def _frame(self, f, request, options, loaded, cache, emb, pad_mask, sigmas, shape, noise_dtype, model_dtype, writer):
+    def _frame(self, f, request, options, loaded, cache, emb, pad_mask, sigmas, shape, noise_dtype, model_dtype, writer, teacher=None):
         import torch
 
         case, device = request.case, request.device
@@ -165,9 +209,12 @@ class ReferenceRunner:
         else:
             x = torch.randn(shape, device=device, dtype=noise_dtype)
         x = x.to(model_dtype)
+        if teacher is not None:
+            x = teacher.noise(f, device, model_dtype)
+            sigmas = teacher.sigmas(f, device, sigmas.dtype)
 
-        def call(latent, sigma):
-            return loaded.model(
+        def call(latent, sigma, where):
+            return checks.call_model(loaded.model, where, request.out_dir,
                 x=latent, sigma=sigma.reshape(1, 1), frame_timestamp=timestamp, prompt_emb=emb,
                 prompt_pad_mask=pad_mask, mouse=controls["mouse"], button=controls["button"],
                 scroll=controls["scroll"], kv_cache=cache,
@@ -181,15 +228,20 @@ class ReferenceRunner:
                 cache.set_frozen(True)
             for i in range(len(sigmas) - 1):
                 s, s_next = sigmas[i], sigmas[i + 1]
-                v = call(x, s)
-                _check_finite(v, f"frame {f}, step {i}, velocity")
+                if teacher is not None:
+                    x = teacher.step_input(f, i, device, model_dtype)
+                where = f"frame {f}, step {i}, step.velocity"
+                v = call(x, s, where)
+                checks.check_output(v, x.shape, where, request.out_dir, frames_kept=f)
                 updated = x + (s_next - s).to(x.dtype) * v
                 rec[f"step{i}.sigma"], rec[f"step{i}.input"], rec[f"step{i}.velocity"], rec[f"step{i}.update"] = s, x, v, updated
                 x = updated
+            if teacher is not None:
+                x = teacher.latent(f, device, model_dtype)
             rec["latent"] = x
             if cache is not None and options.cache_pass:
                 cache.set_frozen(False)
-                out = call(x, torch.zeros((), dtype=sigmas.dtype, device=device))
+                out = call(x, torch.zeros((), dtype=sigmas.dtype, device=device), f"frame {f}, cache_pass")
                 cache.set_frozen(True)
                 rec["cache_pass.input"], rec["cache_pass.output"] = x, out
             z = x.squeeze(1)
@@ -207,13 +259,11 @@ class ReferenceRunner:
             values = loaded.config.get("scheduler_sigmas")
             if values is None:
                 if not options.sigmas_fallback:
-                    raise UserError("config has no scheduler_sigmas and the profile has no fallback", config_path)
+                    raise UserError(f"config has no scheduler_sigmas and the {self.profile} profile has no fallback; "
+                                    "add scheduler_sigmas or pass --option sigmas=[...]", config_path)
                 values = list(options.sigmas_fallback)
             else:
-                try:
-                    check_schedule(tuple(values) if isinstance(values, list) else (), "scheduler_sigmas")
-                except ValueError as exc:
-                    raise UserError(str(exc), config_path) from None
+                values = checks.check_sigmas(values, config_path)
         else:
             values = list(options.sigmas)
         return torch.tensor(values, dtype=getattr(torch, options.sigma_dtype))
@@ -227,6 +277,7 @@ class ReferenceRunner:
             "test_model": is_tiny_checkpoint(loaded.path),
             "description": "waypoint-parity tiny random-weight test model" if is_tiny_checkpoint(loaded.path) else "user snapshot",
             "code_trust": loaded.trust,
+            "code": loaded.code or {"source": "snapshot"},
             "weights_sha256": snap.file_hashes(loaded.path),
             "transformer_config": loaded.config,
             "load_report": {"strict": options.strict_load, "missing": loaded.load_report.missing,
@@ -249,10 +300,3 @@ def _native_noise_rule(options: ReferenceOptions) -> str:
         return "native: Generator(device).manual_seed(seed + frame)"
     return "native: torch.manual_seed(seed) once, global RNG per frame"
 
-
-def _check_finite(t, where: str) -> None:
-    import torch
-
-    if not torch.isfinite(t).all():
-        bad = (~torch.isfinite(t)).nonzero()[0].tolist()
-        raise UserError(f"model produced NaN/Inf at {where}, index {bad}")
