@@ -6,6 +6,7 @@ Typical use:
     waypoint-parity run cases/seed-official.toml --side upstream -o reports/a
     waypoint-parity run cases/seed-official.toml --side script --prompt-from reports/a -o reports/b
     waypoint-parity compare reports/a reports/b     # config diff, stage table, first divergence
+    waypoint-parity report reports/a reports/b -o reports/ab   # HTML report: open reports/ab/index.html
     waypoint-parity make-checkpoint /tmp/tiny --hf-cache
 
 The model defaults to the built-in tiny random-weight checkpoint; `--snapshot` takes a folder or a
@@ -71,6 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--case", type=Path, help="take tolerances from this case file (default: those recorded in A)")
     p.add_argument("--check", action="store_true", help="exit 1 when the comparison fails")
     p.set_defaults(handler=cmd_compare)
+
+    p = sub.add_parser("report", help="write the HTML report of two captures: overview, stage pages, blur evidence, video")
+    p.add_argument("a", type=Path, help="reference capture (A)")
+    p.add_argument("b", type=Path, help="candidate capture (B)")
+    p.add_argument("-o", "--out", type=Path, help="report folder (default: reports/report-<A>__vs__<B>); "
+                   "must not hold the report of another comparison")
+    p.add_argument("--case", type=Path, help="take tolerances from this case file (default: those recorded in A)")
+    p.add_argument("--check", action="store_true", help="exit 1 when the comparison fails")
+    p.set_defaults(handler=cmd_report)
 
     p = sub.add_parser("make-checkpoint", help="write the tiny random-weight checkpoint (Overworld snapshot layout)")
     p.add_argument("dir", type=Path)
@@ -143,11 +153,36 @@ def cmd_compare(args) -> int:
     return 1 if args.check and not result.passed else 0
 
 
+def cmd_report(args) -> int:
+    from parity.capture import Capture
+    from parity.case import load_case
+    from parity.compare import compare_captures
+    from parity.report import write_report
+    from parity.tolerances import parse_tolerances
+
+    a, b = Capture.open(args.a), Capture.open(args.b)
+    if args.case:
+        tolerances = load_case(args.case).tolerances
+    else:
+        try:
+            tolerances = parse_tolerances(a.manifest.get("case", {}).get("tolerances", {}))
+        except ValueError as exc:
+            raise UserError(f"recorded tolerances are invalid: {exc}", args.a / "manifest.json") from None
+    result = compare_captures(a, b, tolerances)
+    out = args.out or Path("reports") / f"report-{a.name}__vs__{b.name}"
+    started = time.perf_counter()
+    index = write_report(result, out)
+    print(f"report written in {time.perf_counter() - started:.1f} s: {index}")
+    args.verdict = "PARITY" if result.passed else "DIVERGED"
+    return 1 if args.check and not result.passed else 0
+
+
 def cmd_parity(args) -> int:
     from datetime import datetime
 
     from parity.case import load_case
     from parity.output import print_result
+    from parity.report import write_report, write_run_index
     from parity.suite import CaseRunner, default_pairs, new_run_folder, write_index
 
     files = _case_files(args.cases or [Path("cases")])
@@ -163,15 +198,22 @@ def cmd_parity(args) -> int:
     for note in notes:
         console.print(f"[yellow]{note}[/]")
     runner = CaseRunner(sides, out_root, log=console.print)
-    outcomes = []
+    outcomes, reports, report_s = [], [], 0.0
+    html_index = out_root / "index.html"
     for case in cases:
         console.rule(f"case {case.name}")
         for outcome in runner.run_case(case, case.pairs or pairs_default):
             print_result(outcome.result, console, title=f"{case.name}: {outcome.pair.a} (A) vs {outcome.pair.b} (B)")
             outcomes.append(outcome)
+            started = time.perf_counter()
+            reports.append(write_report(outcome.result, outcome.out_dir, run_index=html_index))
+            report_s += time.perf_counter() - started
     index = write_index(out_root, outcomes, notes)
+    write_run_index(out_root, [{"case": o.case.name, "pair": o.pair.name, "result": o.result, "report": r}
+                               for o, r in zip(outcomes, reports)], notes)
     _print_overview(console, outcomes, out_root)
-    console.print(f"results: {out_root}  (index: {index})")
+    console.print(f"results: {out_root}  (index: {index}; HTML reports written in {report_s:.1f} s)")
+    print(f"report: {html_index}")  # plain print: a rich console would wrap a long path
     passed = sum(o.result.passed for o in outcomes)
     args.verdict = f"{'PARITY' if passed == len(outcomes) else 'DIVERGED'}: {passed} of {len(outcomes)} comparisons within tolerance"
     return 1 if args.check and passed != len(outcomes) else 0
