@@ -43,6 +43,7 @@ CONFIG_FIELDS = (
     ("latent scale", "protocol.latent_scale"),
     ("latent shift", "protocol.latent_shift"),
     ("strict weight load", "protocol.strict_load"),
+    ("attention kernel", "options.sdpa_backend"),
     ("runner", "runner.name"),
     ("profile", "runner.profile"),
     ("device", "device"),
@@ -75,6 +76,8 @@ class StageResult:
     shape_b: list[int] | None = None
     metrics: Metrics | None = None
     tolerance: Tolerance | None = None
+    floor: Tolerance | None = None
+    """The calibrated noise floor of this family, when floors were given."""
 
     @property
     def passed(self) -> bool:
@@ -97,6 +100,8 @@ class StageResult:
             return f"{self.key.where()}: shape {self.shape_a} vs {self.shape_b}"
         m, t = self.metrics, self.tolerance
         text = f"{self.key.where()}: rel_l2 {m.rel_l2:.3g} (allowed {t.rel_l2:.3g}), max_abs {m.max_abs:.3g} (allowed {t.max_abs:.3g})"
+        if self.floor is not None and self.floor.rel_l2 > 0:
+            text += f", {m.rel_l2 / self.floor.rel_l2:.3g}x the calibrated floor"
         if m.nonfinite_a or m.nonfinite_b:
             text += f", NaN/Inf {m.nonfinite_a} vs {m.nonfinite_b}"
         if m.worst_index:
@@ -110,6 +115,8 @@ class StageResult:
             "shape_a": self.shape_a, "shape_b": self.shape_b,
             "metrics": self.metrics.to_dict() if self.metrics else None,
             "tolerance": {"rel_l2": self.tolerance.rel_l2, "max_abs": self.tolerance.max_abs} if self.tolerance else None,
+            "floor": {"rel_l2": self.floor.rel_l2, "max_abs": self.floor.max_abs} if self.floor else None,
+            "times_floor": (self.metrics.rel_l2 / self.floor.rel_l2) if self.floor and self.floor.rel_l2 > 0 and self.metrics else None,
             "worst_location": self.worst_location(),
         }
 
@@ -193,6 +200,7 @@ def _compare_stage(key: StageKey, a: Capture, b: Capture, in_a: bool, in_b: bool
     ta, tb = a.tensor(key), b.tensor(key)
     result.metrics = compare_frames(ta, tb) if key.family == "decoded" else compare_arrays(ta, tb)
     result.tolerance = tolerances.for_stage(key.family, ia["dtype"], ib["dtype"])
+    result.floor = tolerances.floor(key.family)
     m = result.metrics
     finite_ok = m.nonfinite_a == 0 and m.nonfinite_b == 0
     if not (finite_ok and result.tolerance.allows(m.rel_l2, m.max_abs)):

@@ -72,17 +72,32 @@ def default_tolerance(family: str, dtype_a: str, dtype_b: str) -> Tolerance:
 
 @dataclass(frozen=True)
 class Tolerances:
-    """Per-family overrides on top of the dtype defaults."""
+    """Per-family overrides on top of the dtype defaults, and optionally calibrated floors.
+
+    With floors (see `parity.diagnose.calibrate`), a family whose floor is nonzero is allowed
+    `floor_multiple` x its floor, and verdicts report "x times the floor"; a case override still wins.
+    """
 
     overrides: dict[str, Tolerance] = field(default_factory=dict)
     default: Tolerance | None = None
+    floors: dict[str, Tolerance] = field(default_factory=dict)
+    floor_multiple: float = 4.0
 
     def for_stage(self, family: str, dtype_a: str, dtype_b: str) -> Tolerance:
         if family in self.overrides:
             return self.overrides[family]
+        floor = self.floors.get(family)
+        if floor is not None and floor.rel_l2 > 0:
+            return Tolerance(self.floor_multiple * floor.rel_l2, self.floor_multiple * floor.max_abs)
         if self.default is not None:
             return self.default
         return default_tolerance(family, dtype_a, dtype_b)
+
+    def floor(self, family: str) -> Tolerance | None:
+        return self.floors.get(family)
+
+    def with_floors(self, floors: dict[str, Tolerance], multiple: float = 4.0) -> "Tolerances":
+        return Tolerances(dict(self.overrides), self.default, dict(floors), multiple)
 
     def describe(self) -> dict:
         out = {k: {"rel_l2": v.rel_l2, "max_abs": v.max_abs} for k, v in self.overrides.items()}
