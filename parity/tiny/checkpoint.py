@@ -115,8 +115,13 @@ def default_checkpoint_dir() -> Path:
 
 def ensure_checkpoint(root: Path | None = None, seed: int = 0) -> Path:
     """The built-in checkpoint folder, generated on first use."""
-    folder = (root or default_checkpoint_dir()) / f"tiny-seed{seed}"
-    if not (folder / MARKER).is_file():
+    # The folder name carries the hash of the shipped code, so an upgrade of the harness gets a new
+    # checkpoint instead of one whose code no longer matches (which would not be trusted).
+    code = hashlib.sha256(b"".join(_code_source(src) for src in sorted(CODE_FILES.values())) + repr(TRANSFORMER_CONFIG).encode())
+    folder = (root or default_checkpoint_dir()) / f"tiny-seed{seed}-{code.hexdigest()[:10]}"
+    if not is_tiny_checkpoint(folder):
+        if folder.exists():
+            shutil.rmtree(folder)  # a half-written generation; ours to replace
         make_checkpoint(folder, seed=seed)
     return folder
 

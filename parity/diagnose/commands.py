@@ -1,0 +1,173 @@
+"""The diagnosis subcommands: `diagnose`, `ablate`, `calibrate` (wired into `parity.cli`).
+
+    waypoint-parity diagnose cases/seed-official.toml --b script     # local vs cumulative error, drill-down
+    waypoint-parity ablate cases/seed-official.toml                  # which known difference blurs, ranked
+    waypoint-parity calibrate cases/seed-official.toml               # noise floors -> floors.json
+    waypoint-parity compare A B --floors reports/calibrate-.../floors.json
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+
+from parity.errors import UserError
+
+
+def add_commands(sub, model_args) -> None:
+    p = sub.add_parser("diagnose", help="teacher forcing (local vs cumulative error per stage) and drill-down of the first divergent call")
+    p.add_argument("case", type=Path)
+    p.add_argument("--a", default="upstream", choices=("upstream", "script", "fastvideo"), help="reference side (default upstream)")
+    p.add_argument("--b", default="script", choices=("upstream", "script", "fastvideo"), help="target side (default script)")
+    p.add_argument("--out-root", type=Path, default=Path("reports"))
+    model_args(p)
+    p.set_defaults(handler=cmd_diagnose)
+
+    p = sub.add_parser("ablate", help="apply each known difference alone and stacked on the reference; rank by detail lost")
+    p.add_argument("case", type=Path)
+    p.add_argument("--only", help="comma-separated ablation names (default: all known)")
+    p.add_argument("--order", help="comma-separated order for the cumulative pass (default: as listed)")
+    p.add_argument("--from-summary", type=Path, help="also ablate every difference in this comparison's summary.json config diff")
+    p.add_argument("--out-root", type=Path, default=Path("reports"))
+    model_args(p)
+    p.set_defaults(handler=cmd_ablate)
+
+    p = sub.add_parser("calibrate", help="noise floors of a side against itself under harmless perturbations")
+    p.add_argument("case", type=Path)
+    p.add_argument("--side", default="upstream", choices=("upstream", "script"))
+    p.add_argument("--devices", default="", help="extra devices to compare against, e.g. cuda (comma-separated)")
+    p.add_argument("--out-root", type=Path, default=Path("reports"))
+    model_args(p)
+    p.set_defaults(handler=cmd_calibrate)
+
+
+def _setup(args, kind: str):
+    from parity.case import load_case
+    from parity.cli import _console, _side_config
+    from parity.suite import new_run_folder
+
+    case = load_case(args.case)
+    sides = _side_config(args)
+    out = new_run_folder(args.out_root, f"{kind}-{case.name}-" + datetime.now().strftime("%Y%m%d-%H%M%S"))
+    return case, sides, out, _console()
+
+
+def cmd_diagnose(args) -> int:
+    from rich.table import Table
+
+    from parity.capture import Capture
+    from parity.compare import compare_captures
+    from parity.diagnose.teacher import error_growth
+    from parity.runner import RunRequest
+
+    case, sides, out, console = _setup(args, "diagnose")
+    if args.b == "fastvideo" and not getattr(sides.runner("fastvideo"), "supports_teacher", False):
+        raise UserError("teacher forcing of the FastVideo side is not supported by this adapter yet; diagnose reference sides")
+    timings = {}
+
+    def timed(label, fn):
+        t = time.perf_counter()
+        value = fn()
+        timings[label] = time.perf_counter() - t
+        return value
+
+    a = timed("plain run (A)", lambda: sides.runner(args.a).run(RunRequest(case, args.a, out / "a", sides.device)))
+    b = timed("free run (B)", lambda: sides.runner(args.b).run(RunRequest(case, args.b, out / "b-free", sides.device, prompt_from=a)))
+    forced = timed("teacher-forced run (B)", lambda: sides.runner(args.b).run(
+        RunRequest(case, args.b, out / "b-teacher-forced", sides.device, prompt_from=a, teacher=a)))
+    local = compare_captures(Capture.open(a), Capture.open(forced), case.tolerances)
+    free = compare_captures(Capture.open(a), Capture.open(b), case.tolerances)
+    growth = error_growth(local, free)
+
+    table = Table(title=f"{case.name}: {args.b} vs {args.a}, per frame (final latent rel_l2)")
+    for col in ("frame", "local", "cumulative", "amplification"):
+        table.add_column(col, justify="right")
+    for g in growth.frames:
+        table.add_row(str(g.frame), f"{g.local:.3g}", f"{g.cumulative:.3g}", f"{g.amplification:.3g}")
+    console.print(table)
+    console.print(f"error growth: [bold]{growth.verdict}[/]")
+    first_local = local.first_value_divergence
+    console.print(f"first local divergence: {first_local.explain() if first_local else 'none'}")
+
+    drill = None
+    fv = free.first_value_divergence
+    target = first_local or fv
+    if target is not None and target.key.family in ("step.velocity", "step.update", "cache_pass.output") and "fastvideo" not in (args.a, args.b):
+        from parity.diagnose.drilldown import drill_down_reference
+
+        drill = timed("drill-down", lambda: drill_down_reference(target.key, a, forced, args.trust_remote_code, sides.device))
+        name = drill.first.name_a if drill.first else "none beyond its floor"
+        console.print(f"drill-down of {target.key.where()}: first divergent submodule: [bold]{name}[/]"
+                      + (f" (rel_l2 {drill.first.rel_l2:.3g}, floor {drill.first.floor:.3g})" if drill.first else ""))
+    base = timings["plain run (A)"]
+    cost = {k: round(v / base, 2) for k, v in timings.items()}
+    console.print("cost relative to a plain run: " + ", ".join(f"{k} {v}x" for k, v in cost.items()))
+    (out / "diagnosis.json").write_text(json.dumps({
+        "case": case.name, "a": args.a, "b": args.b, "growth": growth.to_dict(),
+        "first_local_divergence": first_local.explain() if first_local else None,
+        "first_cumulative_divergence": fv.explain() if fv else None,
+        "drill_down": drill.to_dict() if drill else None,
+        "timings_s": timings, "cost_vs_plain_run": cost,
+        "captures": {"a": str(a), "b_free": str(b), "b_teacher_forced": str(forced)},
+    }, indent=1, default=str))
+    console.print(f"diagnosis: {out / 'diagnosis.json'}")
+    return 0
+
+
+def cmd_ablate(args) -> int:
+    from rich.table import Table
+
+    from parity.diagnose.ablation import KNOWN, ablations_from_summary, attribute
+
+    case, sides, out, console = _setup(args, "ablate")
+    ablations = KNOWN
+    if args.only:
+        names = [n.strip() for n in args.only.split(",") if n.strip()]
+        known = {a.name: a for a in KNOWN}
+        missing = [n for n in names if n not in known]
+        if missing:
+            raise UserError(f"--only: unknown ablation {missing[0]!r}; known: {', '.join(known)}")
+        ablations = tuple(known[n] for n in names)
+    if args.from_summary:
+        extra, notes = ablations_from_summary(args.from_summary)
+        ablations = ablations + extra
+        for note in notes:
+            console.print(f"[yellow]{note}[/]")
+    order = [n.strip() for n in args.order.split(",")] if args.order else None
+    started = time.perf_counter()
+    table = attribute(case, lambda req: sides.runner("upstream").run(req), out, ablations, order, sides.device, log=console.print)
+    elapsed = time.perf_counter() - started
+    view = Table(title=f"{case.name}: which difference costs detail (ranked by blur = 1 - sharpness ratio)")
+    for col in ("rank", "ablation", "blur", "sharpness B/A", "PSNR", "SSIM", "latent rel-L2", "cumulative blur"):
+        view.add_column(col, justify="left" if col == "ablation" else "right")
+    for r in table.ranked():
+        e, c = r.alone, r.cumulative
+        view.add_row(str(r.rank), r.ablation.name, f"{e.blur:+.3f}", f"{e.sharpness_ratio:.3f}", f"{e.psnr:.1f}", f"{e.ssim:.3f}",
+                     f"{e.latent_rel_l2:.3g}", f"{c.blur:+.3f}" if c else "-")
+    console.print(view)
+    runs = 1 + 2 * len(ablations)
+    console.print(f"{runs} runs in {elapsed:.1f} s; attribution: {out / 'attribution.json'}")
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from rich.table import Table
+
+    from parity.diagnose.calibrate import FLOOR_MULTIPLE, calibrate
+
+    case, sides, out, console = _setup(args, "calibrate")
+    devices = tuple(d.strip() for d in args.devices.split(",") if d.strip())
+    floors = calibrate(case, lambda req: sides.runner(args.side).run(req), out, args.side, sides.device,
+                       extra_devices=devices, log=console.print)
+    view = Table(title=f"noise floors of {args.side} on {sides.device} (a stage fails above {FLOOR_MULTIPLE:g}x its floor)")
+    for col in ("family", "rel_l2 floor", "max_abs floor", "from"):
+        view.add_column(col)
+    for family, tol in floors.floors.items():
+        view.add_row(family, f"{tol.rel_l2:.3g}", f"{tol.max_abs:.3g}", floors.provenance["floor_from"].get(family, "-"))
+    console.print(view)
+    if floors.nondeterministic:
+        console.print(f"[yellow]nondeterministic stages (excluded)[/]: {', '.join(floors.nondeterministic[:10])}")
+    console.print(f"floors: {out / 'floors.json'}")
+    return 0
