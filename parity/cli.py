@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hf-cache", action="store_true", help="lay it out as a Hugging Face cache (models--Org--Name/...)")
     p.add_argument("--repo-id", default="Overworld/Waypoint-1-Small")
+    p.add_argument("--arch", choices=("tiny", "waypoint"), default="tiny",
+                   help="tiny: the built-in stand-in model; waypoint: the real Waypoint classes (world_engine's or "
+                        "FastVideo's, found at run time) at a tiny size, written as DIR/overworld and DIR/fastvideo")
     p.set_defaults(handler=cmd_make_checkpoint)
     return parser
 
@@ -98,6 +101,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--text-encoder", help="UMT5 folder or repo id when the snapshot has no text_encoder/ (default google/umt5-xl)")
     g.add_argument("--hf-cache-dir", help="Hugging Face cache to look repo ids up in (default: HF_HUB_CACHE)")
     g.add_argument("--fastvideo-bundle", help="FastVideo-layout bundle folder or repo id for the FastVideo side")
+    g.add_argument("--code-source", choices=("snapshot", "world_engine"), default="snapshot",
+                   help="reference sides: model/KV cache/VAE code from the snapshot's .py files or from world_engine "
+                        "(WORLD_ENGINE_SRC or installed)")
     g.add_argument("--device", help="cpu, cuda, cuda:1 (default: $DEVICE, else cuda when available)")
 
 
@@ -108,7 +114,7 @@ def _side_config(args):
 
     snapshot = args.snapshot or ensure_checkpoint()
     return SideConfig(snapshot=snapshot, trust_remote_code=args.trust_remote_code, text_encoder=args.text_encoder,
-                      hf_cache_dir=args.hf_cache_dir, fastvideo_bundle=args.fastvideo_bundle,
+                      hf_cache_dir=args.hf_cache_dir, fastvideo_bundle=args.fastvideo_bundle, code_source=args.code_source,
                       device=args.device or default_device())
 
 
@@ -119,8 +125,6 @@ def cmd_run(args) -> int:
 
     case = load_case(args.case)
     overrides = dict(parse_cli_override(text) for text in args.option)
-    if overrides and args.side == "fastvideo":
-        raise UserError("--option applies to reference sides (upstream, script) only")
     sides = _side_config(args)
     out = sides.runner(args.side).run(RunRequest(case, args.side, args.out, sides.device, overrides, args.prompt_from))
     print(f"capture written: {out}")
@@ -250,6 +254,13 @@ def _case_files(paths: list[Path]) -> list[Path]:
 
 
 def cmd_make_checkpoint(args) -> int:
+    if args.arch == "waypoint":
+        from parity.tiny.waypoint_arch import make_waypoint_checkpoint
+
+        paths = make_waypoint_checkpoint(args.dir, seed=args.seed)
+        print(f"tiny real-architecture checkpoint written: snapshot {paths['snapshot']}, FastVideo bundle {paths['bundle']}")
+        print(f"use it with --snapshot {paths['snapshot']} --code-source world_engine --fastvideo-bundle {paths['bundle']}")
+        return 0
     from parity.tiny import make_checkpoint
 
     path = make_checkpoint(args.dir, seed=args.seed, hf_cache=args.hf_cache, repo_id=args.repo_id)

@@ -35,18 +35,21 @@ class SideConfig:
     hf_cache_dir: str | None = None
     fastvideo_bundle: str | None = None
     device: str = "cpu"
+    code_source: str = "snapshot"
+    """Reference sides: `snapshot` (its own .py files) or `world_engine` (see reference.world_engine_code)."""
 
     def runner(self, side: str) -> Runner:
         if side in ("upstream", "script"):
             from reference.runner import ReferenceRunner
 
             return ReferenceRunner(self.snapshot, profile=side, trust_remote_code=self.trust_remote_code,
-                                   text_encoder=self.text_encoder, hf_cache_dir=self.hf_cache_dir)
+                                   text_encoder=self.text_encoder, hf_cache_dir=self.hf_cache_dir,
+                                   code_source=self.code_source)
         if side == "fastvideo":
             from parity.fastvideo import FastVideoRunner
 
             return FastVideoRunner(bundle=self.fastvideo_bundle, snapshot=self.snapshot,
-                                   trust_remote_code=self.trust_remote_code)
+                                   trust_remote_code=self.trust_remote_code, hf_cache_dir=self.hf_cache_dir)
         raise UserError(f"unknown side {side!r}")
 
 

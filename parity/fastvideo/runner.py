@@ -378,9 +378,10 @@ class FastVideoRunner:
         extra = {}
         if prompt.emb is not None:
             extra = {"waypoint_prompt_emb": prompt.emb.to(device), "waypoint_prompt_pad_mask": prompt.mask.to(device)}
-        batch = ForwardBatch(data_type="t2v", prompt=None if prompt.emb is not None else case.prompt, seed=case.seed,
-                             num_frames=frames, keyboard_cond=keyboard, mouse_cond=mouse, scroll_cond=scroll,
-                             extra=extra)
+        fields = dict(data_type="t2v", prompt=None if prompt.emb is not None else case.prompt, seed=case.seed,
+                      num_frames=frames, keyboard_cond=keyboard, mouse_cond=mouse, scroll_cond=scroll, extra=extra)
+        known = getattr(ForwardBatch, "__dataclass_fields__", fields)
+        batch = ForwardBatch(**{k: v for k, v in fields.items() if k in known})
 
         rec = _Recorder(case.seed, frames, tuple(_latent_shape(built.arch)), shared=case.alignment.noise == "shared")
         if case.alignment.noise == "native":
@@ -535,19 +536,22 @@ def _cpu_attention(device: str, choice: str, generation: Generation):
         return
     import fastvideo.models.dits.waypoint_transformer as wt
 
-    restore = []
+    restore, what = [], []
     if hasattr(wt, "_flex_attention"):
         restore.append((wt, "_flex_attention", wt._flex_attention))
         wt._flex_attention = None
-        what = "torch SDPA (harness set waypoint_transformer._flex_attention = None)"
-    else:
+        what.append("waypoint_transformer._flex_attention = None (torch SDPA path)")
+    if generation.name == "streaming":
+        # older revisions build FastVideo attention layers through the platform's backend selector,
+        # which has no CPU entry
         from fastvideo.platforms import current_platform
 
         cls = type(current_platform)
         restore.append((cls, "get_attn_backend_cls", cls.__dict__.get("get_attn_backend_cls")))
         cls.get_attn_backend_cls = classmethod(
             lambda c, selected_backend, head_size, dtype, *a, **k: "fastvideo.attention.backends.sdpa.SDPABackend")
-        what = "torch SDPA (harness pointed the platform's attention backend selector at SDPABackend)"
+        what.append("platform attention backend selector -> SDPABackend")
+    what = "torch SDPA (harness: " + "; ".join(what) + ")"
     try:
         yield what
     finally:
