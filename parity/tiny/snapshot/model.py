@@ -84,11 +84,12 @@ class SelfAttention(nn.Module):
         k = self.k(h).view(B, M, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v(h).view(B, M, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        mask = None
         if kv_cache is not None:
-            k, v = kv_cache.upsert(layer_idx, k, v, frame_timestamp)
+            k, v, mask = kv_cache.upsert(layer_idx, k, v, frame_timestamp)
         rep = self.n_heads // self.n_kv_heads
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        o = F.scaled_dot_product_attention(q, k, v)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(o.transpose(1, 2).reshape(B, M, -1))
 
 
