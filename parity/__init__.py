@@ -11,6 +11,9 @@ Map of the package (read in this order):
 - `compare`      aligns two captures stage by stage, diffs their configs, names the first divergence
 - `output`       console table, summary.json and CSV of a comparison
 - `suite`        runs every case against every pair of sides (`make parity`)
+- `budget`       capture size estimate and limits, checked before a run writes anything
+- `resume`       continuing a killed capture bitwise (`run --resume`)
+- `verify`       full validation of a stored capture (`verify`)
 - `tiny`         the built-in random-weight test checkpoint
 """
 

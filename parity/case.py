@@ -7,6 +7,7 @@ A case is a TOML file in `cases/`:
     prompt = "A first-person gameplay video exploring a stylized world."
     seed = 42
     frames = 8
+    max_capture_bytes = "2GB"              # optional size limit of each capture (see parity.budget)
 
     [controls]                             # held on every frame unless a segment overrides it
     buttons = [17]                         # key ids pressed (0..255); 17 is W
@@ -110,6 +111,8 @@ class Case:
     tolerances: Tolerances = field(default_factory=Tolerances)
     description: str = ""
     path: Path | None = None
+    max_capture_bytes: int | None = None
+    """Size limit of each capture of this case, in bytes (see `parity.budget`)."""
 
     def describe(self) -> dict[str, Any]:
         """The case as it goes into a manifest: resolved per-frame controls included."""
@@ -129,7 +132,8 @@ class Case:
         }
 
 
-_TOP_KEYS = {"name", "description", "prompt", "seed", "frames", "controls", "alignment", "options", "pairs", "tolerances"}
+_TOP_KEYS = {"name", "description", "prompt", "seed", "frames", "controls", "alignment", "options", "pairs", "tolerances",
+             "max_capture_bytes"}
 _CONTROL_KEYS = {"buttons", "mouse", "scroll"}
 
 
@@ -168,6 +172,14 @@ def parse_case(data: dict[str, Any], path: Path | None = None) -> Case:
     _expect(_is_int(frames) and frames >= 1, "frames", f"must be a positive integer, got {frames!r}", fail)
     _expect(frames <= 100_000, "frames", f"{frames} is more than the 100000 this harness accepts", fail)
 
+    max_bytes = None
+    if "max_capture_bytes" in data:
+        from parity.budget import parse_bytes
+
+        try:
+            max_bytes = parse_bytes(data["max_capture_bytes"], "max_capture_bytes")
+        except ValueError as exc:
+            fail("max_capture_bytes", str(exc).removeprefix("max_capture_bytes "))
     controls = _parse_controls(data.get("controls", {}), frames, fail)
     alignment = _parse_alignment(data.get("alignment", {}), fail)
     options = data.get("options", {})
@@ -183,6 +195,7 @@ def parse_case(data: dict[str, Any], path: Path | None = None) -> Case:
     return Case(
         name=name, prompt=prompt, seed=seed, frames=frames, controls=controls, alignment=alignment,
         options=dict(options), pairs=pairs, tolerances=tolerances, description=description, path=path,
+        max_capture_bytes=max_bytes,
     )
 
 

@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="override a reference option, e.g. --option sigmas=[1.0,0.949,0.84,0.0] (repeatable)")
     p.add_argument("--prompt-from", type=Path, help="inject the prompt embedding of this capture (shared prompt)")
+    p.add_argument("--resume", action="store_true", help="continue the incomplete capture in --out (reference sides only)")
+    p.add_argument("--max-capture-bytes", metavar="SIZE",
+                   help="refuse to start a capture estimated above SIZE (2000000000, 500MB, 2GiB; see parity.budget)")
     _model_args(p)
     p.set_defaults(handler=cmd_run)
 
@@ -81,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--case", type=Path, help="take tolerances from this case file (default: those recorded in A)")
     p.add_argument("--check", action="store_true", help="exit 1 when the comparison fails")
     p.set_defaults(handler=cmd_report)
+
+    p = sub.add_parser("verify", help="check a stored capture: manifest, every tensor's sha256, shape and dtype, frame count")
+    p.add_argument("run", type=Path, help="capture folder")
+    p.set_defaults(handler=cmd_verify)
 
     p = sub.add_parser("make-checkpoint", help="write the tiny random-weight checkpoint (Overworld snapshot layout)")
     p.add_argument("dir", type=Path)
@@ -125,8 +132,11 @@ def cmd_run(args) -> int:
 
     case = load_case(args.case)
     overrides = dict(parse_cli_override(text) for text in args.option)
+    if args.resume and args.side == "fastvideo":
+        raise UserError("--resume applies to reference sides (upstream, script) only")
     sides = _side_config(args)
-    out = sides.runner(args.side).run(RunRequest(case, args.side, args.out, sides.device, overrides, args.prompt_from))
+    out = sides.runner(args.side).run(RunRequest(case, args.side, args.out, sides.device, overrides, args.prompt_from,
+                                                      resume=args.resume, max_capture_bytes=args.max_capture_bytes))
     print(f"capture written: {out}")
     return 0
 
@@ -251,6 +261,14 @@ def _case_files(paths: list[Path]) -> list[Path]:
         else:
             raise UserError("case file or folder not found", p)
     return files
+
+
+def cmd_verify(args) -> int:
+    from parity.capture import Capture
+    from parity.verify import verify_capture
+
+    print(verify_capture(Capture.open(args.run)))
+    return 0
 
 
 def cmd_make_checkpoint(args) -> int:

@@ -44,9 +44,10 @@ class ReferenceOptions:
     sigmas: str | tuple[float, ...] = "config"
     """`config` (checkpoint `scheduler_sigmas`), or an explicit descending list ending at 0."""
 
-    sigmas_fallback: tuple[float, ...] = (1.0, 0.9483, 0.8380, 0.0)
-    """Schedule used when `sigmas = "config"` and the checkpoint has none (the script's fallback).
-    Upstream has no fallback: an empty tuple makes a missing `scheduler_sigmas` an error."""
+    sigmas_fallback: tuple[float, ...] = ()
+    """Schedule used when `sigmas = "config"` and the checkpoint has none. Upstream has none (the
+    default, empty): a checkpoint without `scheduler_sigmas` is an error, never a silent guess. The
+    script profile keeps the script's hard-coded fallback (1, 0.9483, 0.838, 0)."""
 
     sigma_dtype: str = "bfloat16"
     """dtype the schedule is held in; upstream keeps it as a bf16 tensor, so 0.8609... becomes 0.859375."""
@@ -138,6 +139,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "vae_dtype": "float32",
         "decode_input_dtype": "float32",
         "strict_load": False,
+        "sigmas_fallback": (1.0, 0.9483, 0.8380, 0.0),
     },
 }
 """Profile name -> the options it changes from the defaults (the defaults are upstream)."""

@@ -25,6 +25,8 @@ from parity.errors import UserError
 from parity.tiny import is_tiny_checkpoint
 
 TRUST_ENV = "WAYPOINT_PARITY_TRUST_REMOTE_CODE"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+"""Weight files that are never opened: loading them means unpickling, which can run code."""
 REQUIRED = (
     "transformer/config.json",
     "transformer/model.py",
@@ -60,6 +62,10 @@ def check_layout(snapshot: Path) -> None:
             raise UserError(f"incomplete snapshot: {rel} is missing", snapshot)
     for folder in ("transformer", "vae"):
         if not list((snapshot / folder).glob("*.safetensors")):
+            pickled = sorted(p.name for p in (snapshot / folder).iterdir() if p.suffix in PICKLE_SUFFIXES)
+            if pickled:
+                raise UserError(f"{folder}/ holds only pickled weights ({', '.join(pickled)}); waypoint-parity loads safetensors "
+                                "only, since unpickling can run arbitrary code: convert them to safetensors first", snapshot)
             raise UserError(f"incomplete snapshot: no {folder}/*.safetensors (pickled weights are not loaded)", snapshot)
     if not list((snapshot / "vae").glob("*.py")):
         raise UserError("incomplete snapshot: vae/ holds no model code", snapshot)
