@@ -65,9 +65,7 @@ def compare_arrays(a, b) -> Metrics:
     both = finite_a & finite_b
     av, bv = np.where(both, a64, 0.0), np.where(both, b64, 0.0)
     diff = np.abs(bv - av)
-    norm_a = float(np.sqrt(np.sum(av * av)))
-    norm_b = float(np.sqrt(np.sum(bv * bv)))
-    norm_d = float(np.sqrt(np.sum(diff * diff)))
+    (norm_a, sa, scale_a), (norm_b, sb, scale_b), (norm_d, _, _) = _norm(av), _norm(bv), _norm(diff)
     if diff.size:
         flat = int(np.argmax(diff))
         worst = tuple(int(i) for i in np.unravel_index(flat, diff.shape))
@@ -80,7 +78,7 @@ def compare_arrays(a, b) -> Metrics:
         max_abs=max_abs,
         mean_abs=mean_abs,
         rel_l2=_ratio(norm_d, norm_a),
-        cosine=_cosine(av, bv, norm_a, norm_b),
+        cosine=_cosine(sa, sb, norm_a / scale_a, norm_b / scale_b),
         sqnr_db=_sqnr(norm_a, norm_d),
         nonfinite_a=int((~finite_a).sum()),
         nonfinite_b=int((~finite_b).sum()),
@@ -110,6 +108,14 @@ def _as_uint8(t) -> np.ndarray:
     return np.asarray(t).astype(np.uint8)
 
 
+def _norm(x: np.ndarray) -> tuple[float, np.ndarray, float]:
+    """(||x||, x / scale, scale), scale = max |x|: squares of float64 values beyond ~1e154 overflow
+    and below ~1e-162 underflow to 0, which would turn rel_l2 and cosine into nonsense."""
+    scale = float(np.max(np.abs(x), initial=0.0)) or 1.0
+    scaled = x / scale
+    return float(np.sqrt(np.sum(scaled * scaled))) * scale, scaled, scale
+
+
 def _ratio(num: float, den: float) -> float:
     if den == 0.0:
         return 0.0 if num == 0.0 else math.inf
@@ -129,7 +135,7 @@ def _sqnr(norm_a: float, norm_d: float) -> float:
         return math.inf
     if norm_a == 0.0:
         return -math.inf
-    return 20.0 * math.log10(norm_a / norm_d)
+    return 20.0 * (math.log10(norm_a) - math.log10(norm_d))  # the quotient itself can underflow to 0
 
 
 HF_CUTOFF = 0.25
