@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="exit 1 when the comparison fails")
     p.set_defaults(handler=cmd_report)
 
+    from parity.diagnose.commands import add_commands
+
+    add_commands(sub, _model_args)
+
     p = sub.add_parser("verify", help="check a stored capture: manifest, every tensor's sha256, shape and dtype, frame count")
     p.add_argument("run", type=Path, help="capture folder")
     p.set_defaults(handler=cmd_verify)
@@ -97,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", choices=("tiny", "waypoint"), default="tiny",
                    help="tiny: the built-in stand-in model; waypoint: the real Waypoint classes (world_engine's or "
                         "FastVideo's, found at run time) at a tiny size, written as DIR/overworld and DIR/fastvideo")
+    p.add_argument("--size", choices=("tiny", "real"), default="tiny",
+                   help="tiny (default), or real: Waypoint-1-Small's transformer dimensions with random bf16 weights (~5 GB), for timings")
     p.set_defaults(handler=cmd_make_checkpoint)
     return parser
 
@@ -281,8 +287,8 @@ def cmd_make_checkpoint(args) -> int:
         return 0
     from parity.tiny import make_checkpoint
 
-    path = make_checkpoint(args.dir, seed=args.seed, hf_cache=args.hf_cache, repo_id=args.repo_id)
-    print(f"tiny checkpoint written: {path}")
+    path = make_checkpoint(args.dir, seed=args.seed, hf_cache=args.hf_cache, repo_id=args.repo_id, size=args.size)
+    print(f"{args.size} random-weight checkpoint written: {path}")
     if args.hf_cache:
         print(f"use it offline with HF_HUB_CACHE={args.dir} and --snapshot {args.repo_id}")
     return 0

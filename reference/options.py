@@ -80,6 +80,16 @@ class ReferenceOptions:
     latent_shift: float = 0.0
     """See `latent_scale`."""
 
+    sdpa_backend: str = "default"
+    """Attention kernel for torch's scaled_dot_product_attention: `default` (torch picks), or one of
+    `math`, `flash_attention`, `efficient_attention`, `cudnn_attention`. A harmless perturbation:
+    calibration uses it to measure the noise floor of a side against itself."""
+
+    compile_mode: str = "none"
+    """`none` (eager, as upstream's reference loop) or a `torch.compile` mode (`default`,
+    `reduce-overhead`, `max-autotune`) applied to the transformer for the run. Compilation time is
+    reported apart (the first frame's time, in the manifest's `frame_times_s`)."""
+
     strict_load: bool = True
     """Load transformer weights strictly (upstream). The script used strict=False, so missing or
     unexpected keys went unnoticed; with False they are still recorded in the manifest."""
@@ -96,6 +106,8 @@ class ReferenceOptions:
             "noise_rule": ("global", "per_frame_generator"),
             "cache_mode": ("ring", "none"),
             "decode_input_dtype": ("model",) + DTYPES,
+            "sdpa_backend": ("default", "math", "flash_attention", "efficient_attention", "cudnn_attention"),
+            "compile_mode": ("none", "default", "reduce-overhead", "max-autotune"),
         }
         for name, allowed in choices.items():
             value = getattr(self, name)

@@ -185,14 +185,21 @@ class ReferenceRunner:
 
             teacher = TeacherInputs.open(request.teacher, case.frames)
             writer.set("teacher_forced", {"teacher": str(request.teacher), "steps": teacher.steps})
+        if options.compile_mode != "none":
+            loaded.model = torch.compile(loaded.model, mode=options.compile_mode)
+        frame_times: list[float] = []
         try:
-            with torch.no_grad():
+            with torch.no_grad(), _sdpa_backend(options.sdpa_backend):
                 for f in range(case.frames):
+                    frame_started = time.perf_counter()
                     self._frame(f, request, options, loaded, cache, emb, pad_mask, sigmas, shape, noise_dtype, model_dtype, writer, teacher)
+                    if device.startswith("cuda"):
+                        torch.cuda.synchronize(device)
+                    frame_times.append(round(time.perf_counter() - frame_started, 6))
         except UserError as exc:
             writer.set("error", exc.one_line())  # finished frames stay; the capture stays incomplete
             raise
-        writer.close(complete=True, elapsed_s=round(time.perf_counter() - started, 3))
+        writer.close(complete=True, elapsed_s=round(time.perf_counter() - started, 3), frame_times_s=frame_times)
         return request.out_dir
 
     def _frame(self, f, request, options, loaded, cache, emb, pad_mask, sigmas, shape, noise_dtype, model_dtype, writer, teacher=None):
@@ -300,3 +307,13 @@ def _native_noise_rule(options: ReferenceOptions) -> str:
         return "native: Generator(device).manual_seed(seed + frame)"
     return "native: torch.manual_seed(seed) once, global RNG per frame"
 
+
+def _sdpa_backend(name: str):
+    """Context pinning scaled_dot_product_attention to one kernel (`default`: torch's choice)."""
+    import contextlib
+
+    if name == "default":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([getattr(SDPBackend, name.upper())])

@@ -65,6 +65,17 @@ TRANSFORMER_CONFIG = {
 }
 """Real latent shape (16, 32, 32) and patching; small width and windows so rings wrap by frame 8."""
 
+REAL_SIZE = {
+    "transformer": {"d_model": 2560, "n_heads": 40, "n_kv_heads": 20, "n_layers": 22, "mlp_ratio": 5, "local_window": 16,
+                    "global_window": 128, "global_attn_period": 4, "global_pinned_dilation": 8, "prompt_embedding_dim": 2048},
+    "vae": {"hidden_channels": 64, "sample_size": [360, 640]},
+    "text_encoder": {"d_model": 2048, "d_kv": 64, "d_ff": 512, "num_heads": 32, "num_layers": 2},
+}
+"""`--size real`: Waypoint-1-Small's transformer dimensions (2560 wide, 22 layers, windows 16/128 at
+dilation 8), the real 360x640 output, and a shallow encoder of the real width, for timing and memory.
+Weights are stored in bf16 (the model runs in bf16; fp32 would be 10 GB)."""
+SIZES = ("tiny", "real")
+
 VAE_CONFIG = {
     "_class_name": "WorldEngineVAE",
     "auto_map": {"AutoModel": "ae_model.WorldEngineVAE"},
@@ -113,6 +124,16 @@ def default_checkpoint_dir() -> Path:
     return Path(root) if root else Path.cwd() / ".cache" / "waypoint-parity"
 
 
+def configs(size: str = "tiny") -> tuple[dict, dict, dict]:
+    """(transformer, vae, text encoder) configs of a checkpoint size."""
+    if size not in SIZES:
+        raise UserError(f"unknown checkpoint size {size!r}; expected one of {', '.join(SIZES)}")
+    if size == "tiny":
+        return dict(TRANSFORMER_CONFIG), dict(VAE_CONFIG), dict(TEXT_ENCODER_CONFIG)
+    return ({**TRANSFORMER_CONFIG, **REAL_SIZE["transformer"]}, {**VAE_CONFIG, **REAL_SIZE["vae"]},
+            {**TEXT_ENCODER_CONFIG, **REAL_SIZE["text_encoder"]})
+
+
 def ensure_checkpoint(root: Path | None = None, seed: int = 0) -> Path:
     """The built-in checkpoint folder, generated on first use."""
     # The folder name carries the hash of the shipped code, so an upgrade of the harness gets a new
@@ -126,15 +147,17 @@ def ensure_checkpoint(root: Path | None = None, seed: int = 0) -> Path:
     return folder
 
 
-def make_checkpoint(out_dir: str | Path, seed: int = 0, hf_cache: bool = False, repo_id: str = TINY_REPO_ID) -> Path:
+def make_checkpoint(out_dir: str | Path, seed: int = 0, hf_cache: bool = False, repo_id: str = TINY_REPO_ID,
+                    size: str = "tiny") -> Path:
     """Write the tiny checkpoint; returns the snapshot folder. Refuses a non-empty `out_dir`."""
+    configs(size)  # validates the size before anything is written
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UserError("refusing to write a checkpoint into a non-empty folder", out_dir)
     staging = out_dir.with_name(f".{out_dir.name}.partial")
     if staging.exists():
         shutil.rmtree(staging)
-    _write_snapshot(staging, seed)
+    _write_snapshot(staging, seed, size)
     if hf_cache:
         revision = _tree_digest(staging)[:40]
         repo_dir = staging.parent / f".{out_dir.name}.repo"
@@ -177,8 +200,11 @@ def _code_source(name: str) -> bytes:
     return resources.files("parity.tiny").joinpath("snapshot", name).read_bytes()
 
 
-def _write_snapshot(root: Path, seed: int) -> None:
+def _write_snapshot(root: Path, seed: int, size: str = "tiny") -> None:
     import torch
+
+    transformer_config, vae_config, text_encoder_config = configs(size)
+    weight_dtype = torch.float32 if size == "tiny" else torch.bfloat16
 
     (root / "transformer").mkdir(parents=True)
     (root / "vae").mkdir()
@@ -186,18 +212,19 @@ def _write_snapshot(root: Path, seed: int) -> None:
         (root / rel).write_bytes(_code_source(src))
 
     vocab = _write_tokenizer(root / "tokenizer")
-    te_config = dict(TEXT_ENCODER_CONFIG, vocab_size=len(vocab))
-    _write_json(root / "transformer" / "config.json", TRANSFORMER_CONFIG)
-    _write_json(root / "vae" / "config.json", VAE_CONFIG)
+    te_config = dict(text_encoder_config, vocab_size=len(vocab))
+    _write_json(root / "transformer" / "config.json", transformer_config)
+    _write_json(root / "vae" / "config.json", vae_config)
     (root / "text_encoder").mkdir()
     _write_json(root / "text_encoder" / "config.json", te_config)
 
     gen = torch.Generator().manual_seed(seed)
     model_ns = _load_code(root / "transformer" / "model.py", "tiny_model")
-    model = model_ns.WorldModel(**{k: v for k, v in TRANSFORMER_CONFIG.items() if not k.startswith("_")})
-    _save(_randomised(model.state_dict(), gen), root / "transformer" / "diffusion_pytorch_model.safetensors")
+    with torch.device("meta"):  # shapes only: the real size would otherwise hold 10 GB of fp32 init
+        model = model_ns.WorldModel(**{k: v for k, v in transformer_config.items() if not k.startswith("_")})
+    _save(_randomised(model.state_dict(), gen, dtype=weight_dtype), root / "transformer" / "diffusion_pytorch_model.safetensors")
     vae_ns = _load_code(root / "vae" / "ae_model.py", "tiny_vae")
-    vae = vae_ns.WorldEngineVAE(**{k: v for k, v in VAE_CONFIG.items() if not k.startswith("_") and k != "auto_map"})
+    vae = vae_ns.WorldEngineVAE(**{k: v for k, v in vae_config.items() if not k.startswith("_") and k != "auto_map"})
     _save(_randomised(vae.state_dict(), gen), root / "vae" / "diffusion_pytorch_model.safetensors")
 
     from transformers import UMT5Config, UMT5EncoderModel
@@ -209,12 +236,13 @@ def _write_snapshot(root: Path, seed: int) -> None:
         "what": "waypoint-parity tiny random-weight test model; not Overworld's weights or code",
         "generator_version": GENERATOR_VERSION,
         "seed": seed,
+        "size": size,
         "code_sha256": {rel: _sha256(_code_source(src)) for rel, src in CODE_FILES.items()},
     }
     _write_json(root / MARKER, marker)
 
 
-def _randomised(state: dict, gen, skip_tied: bool = False) -> dict:
+def _randomised(state: dict, gen, skip_tied: bool = False, dtype=None) -> dict:
     """Every tensor redrawn from `gen` in sorted-name order. Scale ~ 1/sqrt(fan_in) for matrices,
     so activations stay O(1) through the random network."""
     import torch
@@ -223,7 +251,7 @@ def _randomised(state: dict, gen, skip_tied: bool = False) -> dict:
     seen = {}
     for name in sorted(state):
         t = state[name]
-        if skip_tied and t.data_ptr() in seen:
+        if skip_tied and t.device.type != "meta" and t.data_ptr() in seen:
             continue  # transformers ties shared embeddings; save the storage once
         seen[t.data_ptr()] = name
         if name == "scene_bank":
@@ -235,7 +263,7 @@ def _randomised(state: dict, gen, skip_tied: bool = False) -> dict:
             new = 1.0 + 0.1 * torch.randn(t.shape, generator=gen)
         else:
             new = 0.02 * torch.randn(t.shape, generator=gen)
-        out[name] = new.to(torch.float32).contiguous()
+        out[name] = new.to(dtype or torch.float32).contiguous()
     return out
 
 
