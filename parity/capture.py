@@ -12,10 +12,19 @@ A run folder holds
         cache_pass.input  cache_pass.output (1,1,C,H,W)   absent when the side has no cache pass
         decoded (H', W', 3) uint8          what vae.decode returned
 
-Tensors keep the dtype the pipeline produced (bf16 stays bf16). Files are written frame by frame
-through a temporary name and an atomic rename, and the manifest is rewritten the same way after
-each frame, so a killed run leaves a readable capture of every finished frame
-(`manifest["complete"]` is false until the run ends).
+    frames/000000.json         that frame's entries of the manifest's tensor table (a sidecar)
+
+Tensors keep the dtype the pipeline produced (bf16 stays bf16). Each frame's file, then its
+sidecar, is written through a temporary name and an atomic rename; manifest.json is written at the
+start and at the end (with every tensor), never once per frame, so writing stays O(1) per frame on
+long runs. A killed run leaves a readable capture of every finished frame: `Capture.open` merges
+the sidecars, and `manifest["complete"]` is false until the run ends.
+
+What is captured (`CapturePolicy`, recorded in the manifest, never silent): `full` (default),
+`every:K` (the per-step tensors, the largest family, on every K-th frame only; final latents,
+cache passes and decoded frames on every frame), or `none` (a bare run for benchmarks: manifest only).
+On CUDA the copies to the host are non-blocking into pinned memory and a background thread hashes
+and writes them, so capture does not stall the GPU.
 
 Stages are addressed by `StageKey(frame, step, family)`; its `id` (`prompt.embedding`,
 `f3/step2.velocity`) is the manifest key, and `StageKey.order` is execution order, which the
@@ -181,6 +190,39 @@ def _save_tensors(tensors: dict, path: Path) -> None:
     _atomic_write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()}))
 
 
+SAMPLED_FAMILIES = ("step.input", "step.velocity", "step.update")
+"""The per-step latents: 3 x steps tensors a frame, the bulk of a capture; `every:K` thins them."""
+
+
+@dataclass(frozen=True)
+class CapturePolicy:
+    mode: str = "full"
+    every: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> "CapturePolicy":
+        if text in ("full", "none"):
+            return cls(text)
+        if text.startswith("every:") and text[6:].isdigit() and int(text[6:]) >= 1:
+            return cls("every", int(text[6:]))
+        raise UserError(f"capture policy must be full, none or every:K (K >= 1), got {text!r}")
+
+    def keeps(self, frame: int | None, family: str) -> bool:
+        if self.mode == "none":
+            return False
+        if self.mode == "every" and family in SAMPLED_FAMILIES and frame is not None:
+            return frame % self.every == 0
+        return True
+
+    def describe(self) -> dict[str, Any]:
+        return {"mode": self.mode, "every": self.every, "sampled_families": list(SAMPLED_FAMILIES) if self.mode == "every" else []}
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> "CapturePolicy":
+        d = manifest.get("capture") or {}
+        return cls(d.get("mode", "full"), int(d.get("every", 1)))
+
+
 class CaptureWriter:
     """Writes one run folder. Runners call `record_prompt` once, then `frame(i)` per frame:
 
@@ -191,25 +233,39 @@ class CaptureWriter:
     The folder must not exist yet (or be empty); nothing already on disk is overwritten.
     """
 
-    def __init__(self, run_dir: str | Path, header: dict[str, Any]):
+    policy: CapturePolicy = CapturePolicy()
+    _background: "_BackgroundWriter | None" = None
+
+    def __init__(self, run_dir: str | Path, header: dict[str, Any], policy: CapturePolicy | None = None,
+                 background: bool = False):
         self.run_dir = Path(run_dir)
         if self.run_dir.exists() and (not self.run_dir.is_dir() or any(self.run_dir.iterdir())):
             raise UserError("run folder already exists and is not empty; choose another --out or remove it", self.run_dir)
         (self.run_dir / FRAMES_DIR).mkdir(parents=True, exist_ok=True)
+        self.policy = policy or CapturePolicy()
         self.manifest: dict[str, Any] = {
             "schema": SCHEMA,
             "schema_version": SCHEMA_VERSION,
             "complete": False,
             "frames_written": 0,
             **header,
+            "capture": self.policy.describe(),
             "tensors": {},
         }
         self._write_manifest()
+        if background:
+            self._background = _BackgroundWriter(self)
 
     def set(self, key: str, value: Any) -> None:
         """Add or replace a manifest field (e.g. `protocol`, known only once the model is loaded)."""
+        self.flush()
         self.manifest[key] = value
         self._write_manifest()
+
+    def flush(self) -> None:
+        """Wait until every committed frame is on disk (a no-op without the background writer)."""
+        if self._background is not None:
+            self._background.flush()
 
     def record_prompt(self, embedding, pad_mask) -> None:
         tensors = {"prompt.embedding": _to_cpu(embedding), "prompt.pad_mask": _to_cpu(pad_mask)}
@@ -221,17 +277,27 @@ class CaptureWriter:
     def frame(self, index: int) -> "FrameRecorder":
         return FrameRecorder(self, index)
 
-    def _commit_frame(self, index: int, tensors: dict) -> None:
-        rel = f"{FRAMES_DIR}/{index:06d}.safetensors"
+    def _commit_frame(self, index: int, tensors: dict, ready=None) -> None:
         for name in tensors:
             StageKey.from_tensor_name(index, name)  # rejects a misspelt stage before it is written
-        _save_tensors(tensors, self.run_dir / rel)
-        for name, t in tensors.items():
-            self.manifest["tensors"][StageKey.from_tensor_name(index, name).id] = asdict(tensor_info(t, rel))
+        if self._background is not None:
+            self._background.put(index, tensors, ready)
+        else:
+            self._write_frame(index, tensors)
+
+    def _write_frame(self, index: int, tensors: dict) -> None:
+        rel = f"{FRAMES_DIR}/{index:06d}.safetensors"
+        if tensors:
+            _save_tensors(tensors, self.run_dir / rel)
+        infos = {StageKey.from_tensor_name(index, name).id: asdict(tensor_info(t, rel)) for name, t in tensors.items()}
+        sidecar = json.dumps({"frame": index, "tensors": infos}, default=_json_default)
+        _atomic_write_bytes(self.run_dir / FRAMES_DIR / f"{index:06d}.json", sidecar.encode())
+        self.manifest["tensors"].update(infos)
         self.manifest["frames_written"] = index + 1
-        self._write_manifest()
 
     def close(self, complete: bool = True, **extra: Any) -> Path:
+        if self._background is not None:
+            self._background.close()
         self.manifest.update(extra)
         self.manifest["complete"] = complete
         self._write_manifest()
@@ -245,16 +311,91 @@ class CaptureWriter:
 class FrameRecorder:
     def __init__(self, writer: CaptureWriter, index: int):
         self.writer, self.index, self.tensors = writer, index, {}
+        self._cuda = False
 
     def __setitem__(self, name: str, tensor) -> None:
-        self.tensors[name] = _to_cpu(tensor)
+        if not self.writer.policy.keeps(self.index, StageKey.from_tensor_name(self.index, name).family):
+            return
+        if self.writer._background is not None and tensor.is_cuda:
+            # Pinned host buffer, copy queued on the current stream: the GPU is never waited on here.
+            host = _pinned_empty(tensor)
+            host.copy_(tensor.detach(), non_blocking=True)
+            self.tensors[name] = host
+            self._cuda = True
+        else:
+            self.tensors[name] = _to_cpu(tensor)
 
     def __enter__(self) -> "FrameRecorder":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            self.writer._commit_frame(self.index, self.tensors)
+            ready = None
+            if self._cuda:
+                import torch
+
+                ready = torch.cuda.Event()
+                ready.record()
+            self.writer._commit_frame(self.index, self.tensors, ready)
+
+
+class _BackgroundWriter:
+    """One thread that waits for each frame's copies, then hashes and writes it, in frame order.
+    The queue is bounded so a slow disk applies back-pressure instead of filling host memory; an
+    error in the thread is raised in the runner at its next commit or at close."""
+
+    DEPTH = 4
+
+    def __init__(self, writer: CaptureWriter):
+        import queue
+        import threading
+
+        self.writer = writer
+        self.queue: "queue.Queue" = queue.Queue(maxsize=self.DEPTH)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._loop, name="capture-writer", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            item = self.queue.get()
+            try:
+                if item is None:
+                    return
+                index, tensors, ready = item
+                if ready is not None:
+                    ready.synchronize()
+                if self.error is None:
+                    self.writer._write_frame(index, tensors)
+            except BaseException as exc:  # handed to the runner's thread
+                self.error = exc
+            finally:
+                self.queue.task_done()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+    def put(self, index: int, tensors: dict, ready) -> None:
+        self._raise()
+        self.queue.put((index, tensors, ready))
+
+    def flush(self) -> None:
+        self.queue.join()
+        self._raise()
+
+    def close(self) -> None:
+        self.queue.join()
+        self.queue.put(None)
+        self.thread.join()
+        self._raise()
+
+
+def _pinned_empty(t):
+    import torch
+
+    return torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True)
 
 
 def _to_cpu(t):
@@ -301,6 +442,10 @@ class Capture:
         tensors = manifest.get("tensors")
         if not isinstance(tensors, dict):
             raise UserError("manifest has no 'tensors' table", path)
+        if not manifest.get("complete"):
+            _merge_sidecars(run_dir, manifest)
+        if (manifest.get("capture") or {}).get("mode") == "none":
+            raise UserError("this run was made with capture policy none (a bare benchmark run); it holds no tensors to compare", path)
         for stage_id, info in tensors.items():
             try:
                 StageKey.from_id(stage_id)
@@ -313,6 +458,14 @@ class Capture:
     @property
     def name(self) -> str:
         return self.manifest.get("side") or self.run_dir.name
+
+    @property
+    def policy(self) -> CapturePolicy:
+        return CapturePolicy.from_manifest(self.manifest)
+
+    def sampled_out(self, key: StageKey) -> bool:
+        """True when this capture's policy left `key` out on purpose (not a divergence)."""
+        return not self.policy.keeps(key.frame, key.family)
 
     @property
     def complete(self) -> bool:
@@ -355,3 +508,24 @@ class Capture:
 
     def frames(self) -> Iterator[int]:
         return iter(range(int(self.manifest.get("frames_written", 0))))
+
+
+def _merge_sidecars(run_dir: Path, manifest: dict) -> None:
+    """An unfinished run's manifest was last written before its frames: add each frame's sidecar,
+    in order, up to the first frame that is missing."""
+    written = int(manifest.get("frames_written", 0))
+    frame = written
+    while True:
+        sidecar = run_dir / FRAMES_DIR / f"{frame:06d}.json"
+        if not sidecar.is_file():
+            break
+        try:
+            data = json.loads(sidecar.read_text())
+            infos = data["tensors"]
+            if not isinstance(infos, dict) or data.get("frame") != frame:
+                raise ValueError("frame number or tensor table is wrong")
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise UserError(f"frame sidecar is damaged ({exc})", sidecar) from None
+        manifest["tensors"].update(infos)
+        frame += 1
+    manifest["frames_written"] = max(written, frame)

@@ -24,6 +24,8 @@ from parity.metrics import Metrics, compare_arrays, compare_frames
 from parity.tolerances import FAMILIES, Tolerance, Tolerances
 
 PASS, FAIL, MISSING_A, MISSING_B, SHAPE = "pass", "fail", "missing in A", "missing in B", "shape mismatch"
+NOT_SAMPLED = "not sampled"
+"""Left out on purpose by a capture policy (`every:K`): neither a pass nor a divergence."""
 
 CONFIG_FIELDS = (
     ("sigmas", "protocol.sigmas"),
@@ -81,7 +83,7 @@ class StageResult:
 
     @property
     def passed(self) -> bool:
-        return self.status == PASS
+        return self.status in (PASS, NOT_SAMPLED)
 
     def worst_location(self) -> str:
         """`channel 3, y 17, x 4` in the stage's own axes."""
@@ -186,6 +188,8 @@ def compare_captures(a: Capture, b: Capture, tolerances: Tolerances | None = Non
 
 
 def _compare_stage(key: StageKey, a: Capture, b: Capture, in_a: bool, in_b: bool, tolerances: Tolerances) -> StageResult:
+    if (not in_a and a.sampled_out(key)) or (not in_b and b.sampled_out(key)):
+        return StageResult(key, NOT_SAMPLED)
     if not in_a:
         info = b.info(key)
         return StageResult(key, MISSING_A, dtype_b=info["dtype"], shape_b=info["shape"])

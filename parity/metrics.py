@@ -65,7 +65,8 @@ def compare_arrays(a, b) -> Metrics:
     both = finite_a & finite_b
     av, bv = np.where(both, a64, 0.0), np.where(both, b64, 0.0)
     diff = np.abs(bv - av)
-    (norm_a, sa, scale_a), (norm_b, sb, scale_b), (norm_d, _, _) = _norm(av), _norm(bv), _norm(diff)
+    (unit_a, sa, scale_a), (unit_b, sb, scale_b), (unit_d, _, scale_d) = _norm(av), _norm(bv), _norm(diff)
+    norm_a, norm_d = unit_a * scale_a, unit_d * scale_d
     if diff.size:
         flat = int(np.argmax(diff))
         worst = tuple(int(i) for i in np.unravel_index(flat, diff.shape))
@@ -77,8 +78,8 @@ def compare_arrays(a, b) -> Metrics:
         numel=int(a64.size),
         max_abs=max_abs,
         mean_abs=mean_abs,
-        rel_l2=_ratio(norm_d, norm_a),
-        cosine=_cosine(sa, sb, norm_a / scale_a, norm_b / scale_b),
+        rel_l2=_scaled_ratio(unit_d, scale_d, unit_a, scale_a),
+        cosine=_cosine(sa, sb, unit_a, unit_b),
         sqnr_db=_sqnr(norm_a, norm_d),
         nonfinite_a=int((~finite_a).sum()),
         nonfinite_b=int((~finite_b).sum()),
@@ -109,11 +110,22 @@ def _as_uint8(t) -> np.ndarray:
 
 
 def _norm(x: np.ndarray) -> tuple[float, np.ndarray, float]:
-    """(||x||, x / scale, scale), scale = max |x|: squares of float64 values beyond ~1e154 overflow
-    and below ~1e-162 underflow to 0, which would turn rel_l2 and cosine into nonsense."""
+    """(||x / scale||, x / scale, scale), scale = max |x|: squares of float64 values beyond ~1e154
+    overflow and below ~1e-162 underflow to 0, and multiplying the norm back by a subnormal scale
+    rounds it, either of which would turn rel_l2 and cosine into nonsense. Callers combine the
+    unit norms and the scales separately."""
     scale = float(np.max(np.abs(x), initial=0.0)) or 1.0
     scaled = x / scale
-    return float(np.sqrt(np.sum(scaled * scaled))) * scale, scaled, scale
+    return float(np.sqrt(np.sum(scaled * scaled))), scaled, scale
+
+
+def _scaled_ratio(unit_num: float, scale_num: float, unit_den: float, scale_den: float) -> float:
+    """(unit_num * scale_num) / (unit_den * scale_den) without forming either product."""
+    if unit_num == 0.0:
+        return 0.0
+    if unit_den == 0.0:
+        return math.inf
+    return (unit_num / unit_den) * (scale_num / scale_den)
 
 
 def _ratio(num: float, den: float) -> float:

@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from parity.capture import FRAMES_DIR, Capture, CaptureWriter, FrameRecorder, StageKey, _json_default, _to_cpu, tensor_info
+from parity.capture import FRAMES_DIR, Capture, CapturePolicy, CaptureWriter, FrameRecorder, StageKey, _json_default, _to_cpu, tensor_info
 from parity.errors import UserError
 
 RESUME_KEYS = ("side", "runner", "options", "case", "seed", "device", "model.weights_sha256", "model.transformer_config",
@@ -33,11 +33,12 @@ CHECKED_FIELDS = ("protocol", "alignment")
 """Fields the runner sets after the header; on resume they are compared, not replaced."""
 
 
-def open_writer(run_dir: str | Path, header: dict[str, Any], resume: bool = False) -> CaptureWriter:
+def open_writer(run_dir: str | Path, header: dict[str, Any], resume: bool = False, policy: CapturePolicy | None = None,
+                background: bool = False) -> CaptureWriter:
     run_dir = Path(run_dir)
     if resume and run_dir.is_dir() and any(run_dir.iterdir()):
-        return ResumeWriter(run_dir, header)
-    return CaptureWriter(run_dir, header)  # nothing to resume: a fresh capture
+        return ResumeWriter(run_dir, header)  # keeps the stored capture policy; writes in the foreground
+    return CaptureWriter(run_dir, header, policy, background)  # nothing to resume: a fresh capture
 
 
 def _normal(value: Any) -> Any:
@@ -80,6 +81,7 @@ class ResumeWriter(CaptureWriter):
             if a != b:
                 raise UserError(f"cannot resume: {_first_difference(a, b, key)}; resume with the same inputs or start a new capture", self.run_dir)
         self.manifest = stored
+        self.policy = CapturePolicy.from_manifest(stored)
         self.done = int(stored.get("frames_written", 0))
         self._replaying = True  # nothing on disk changes until every finished frame is reproduced
         self.manifest.pop("error", None)
@@ -103,7 +105,7 @@ class ResumeWriter(CaptureWriter):
         frames = self.run_dir / FRAMES_DIR
         for tmp in [*self.run_dir.glob(".*.tmp"), *frames.glob(".*.tmp")]:
             tmp.unlink()
-        for file in frames.glob("*.safetensors"):
+        for file in [*frames.glob("*.safetensors"), *frames.glob("*.json")]:
             if file.stem.isdigit() and int(file.stem) >= self.done:
                 file.unlink()  # renamed into place, but the kill came before its manifest entry
 

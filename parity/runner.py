@@ -29,6 +29,9 @@ class RunRequest:
     """Option overrides on top of the profile and the case's `[options]`."""
     prompt_from: Path | None = None
     """A capture whose prompt embedding and pad mask this side uses instead of encoding (shared prompt)."""
+    capture: str = "full"
+    """What to capture: `full`, `every:K` (per-step tensors on every K-th frame), or `none` (bare
+    run, for benchmarks). See `parity.capture.CapturePolicy`."""
     teacher: Path | None = None
     """Teacher forcing: a capture whose exact inputs this side's model is fed at every step and
     cache pass (noise, step inputs and sigmas, final latent), so each stage shows only its local

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from parity import alignment
-from parity.capture import CaptureWriter, Protocol
+from parity.capture import CapturePolicy, CaptureWriter, Protocol
 from parity.environment import describe_environment, pin_numerics
 from parity.errors import UserError
 from parity.runner import RunRequest
@@ -159,7 +159,7 @@ class ReferenceRunner:
             "device": device,
             "environment": describe_environment(device),
             "model": self._model_block(loaded, options),
-        })
+        }, policy=CapturePolicy.parse(request.capture), background=device.startswith("cuda"))
         started = time.perf_counter()
         writer.record_prompt(emb, pad_mask)
 

@@ -93,3 +93,50 @@ def test_tampered_tensor_fails_its_hash(tmp_path):
     save_file({"noise": torch.full((1, 1, 2, 2, 2), 7.0, dtype=torch.bfloat16)}, str(frame))
     with pytest.raises(UserError, match="does not match its recorded sha256; the capture is corrupt"):
         Capture.open(tmp_path / "run").tensor(StageKey(0, None, "noise"))
+
+
+def test_sampled_capture_keeps_every_kth_frames_steps_and_compares_as_not_sampled(small_case, run_side):
+    from parity.compare import NOT_SAMPLED, compare_captures
+    from parity.runner import RunRequest
+    from reference.runner import ReferenceRunner
+
+    full = run_side(small_case, name="full")
+    sampled_dir = full.parent / "sampled"
+    ReferenceRunner(json.loads((full / "manifest.json").read_text())["model"]["snapshot"]).run(
+        RunRequest(small_case, "upstream", sampled_dir, capture="every:2"))
+    sampled = Capture.open(sampled_dir)
+    assert sampled.manifest["capture"] == {"mode": "every", "every": 2, "sampled_families": ["step.input", "step.velocity", "step.update"]}
+    ids = set(sampled.manifest["tensors"])
+    assert "f0/step1.velocity" in ids and "f2/step3.update" in ids and "f1/step0.input" not in ids
+    assert "f1/latent" in ids and "f1/decoded" in ids and "f1/step0.sigma" in ids
+    result = compare_captures(Capture.open(full), sampled)
+    assert result.passed
+    assert {s.key.id for s in result.stages if s.status == NOT_SAMPLED} == {f"f1/step{i}.{n}" for i in range(4) for n in ("input", "velocity", "update")}
+
+
+def test_capture_policy_none_is_a_bare_run_and_cannot_be_compared(small_case, run_side, tmp_path):
+    from parity.capture import CapturePolicy
+
+    w = CaptureWriter(tmp_path / "bare", {"side": "x"}, policy=CapturePolicy.parse("none"))
+    with w.frame(0) as rec:
+        rec["noise"] = torch.ones(1)
+    w.close()
+    assert not list((tmp_path / "bare" / "frames").glob("*.safetensors"))
+    with pytest.raises(UserError, match="capture policy none"):
+        Capture.open(tmp_path / "bare")
+    with pytest.raises(UserError, match="capture policy must be full, none or every:K"):
+        CapturePolicy.parse("every:0")
+
+
+def test_background_writer_writes_the_same_bytes(tmp_path):
+    a = CaptureWriter(tmp_path / "fg", {"side": "x"})
+    b = CaptureWriter(tmp_path / "bg", {"side": "x"}, background=True)
+    for w in (a, b):
+        for f in range(5):
+            with w.frame(f) as rec:
+                rec["noise"] = torch.full((1, 1, 2, 2, 2), float(f), dtype=torch.bfloat16)
+        w.close()
+    for f in range(5):
+        name = f"frames/{f:06d}.safetensors"
+        assert (tmp_path / "fg" / name).read_bytes() == (tmp_path / "bg" / name).read_bytes()
+    assert Capture.open(tmp_path / "bg").manifest["tensors"] == Capture.open(tmp_path / "fg").manifest["tensors"]

@@ -116,9 +116,10 @@ def test_resume_refuses_other_inputs_and_replays_that_do_not_match(killed, tmp_p
     state = load_file(frame)
     state["noise"] = torch.zeros_like(state["noise"])
     save_file(state, str(frame))
-    manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["tensors"]["f0/noise"]["sha256"] = tensor_info(state["noise"], "").sha256
-    (copy / "manifest.json").write_text(json.dumps(manifest))
+    sidecar = copy / "frames" / "000000.json"  # an unfinished run's tensor table lives in the frame sidecars
+    entry = json.loads(sidecar.read_text())
+    entry["tensors"]["f0/noise"]["sha256"] = tensor_info(state["noise"], "").sha256
+    sidecar.write_text(json.dumps(entry))
     before = tree_bytes(copy)
     assert main(base) == 2
     assert capsys.readouterr().err == (f"waypoint-parity: error: {copy}: cannot resume: replaying frame 0 does not reproduce "

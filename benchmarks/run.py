@@ -1,0 +1,146 @@
+"""Benchmark: what the harness costs on top of the pipeline it measures.
+
+    python benchmarks/run.py --size real --device cuda --frames 24 [--compile default] [--json out.json]
+    make bench ARGS="--size real --device cuda"
+
+In one process, on the random-weight checkpoint (`--size real`: Waypoint-1-Small's dimensions):
+1. a bare reference run (nothing captured)
+2. the same run with full capture            -> capture overhead per frame, as a ratio
+3. the script profile after it (two-sided run, sides run one after another, freed between)
+4. comparison + summary + HTML report of 2 vs 3 -> relative to generation time
+Per run: steady-state frame time (median of frames after the first two), the first frame's extra
+time (compilation, warm-up), peak GPU memory, bytes written per frame. Prints one table.
+The steady-state ratio is what the capture adds to a frame; warm-up is reported apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", choices=("tiny", "real"), default="tiny")
+    p.add_argument("--device", default=None)
+    p.add_argument("--frames", type=int, default=12)
+    p.add_argument("--compile", default="none", choices=("none", "default", "reduce-overhead", "max-autotune"))
+    p.add_argument("--checkpoint", type=Path, help="reuse this checkpoint folder")
+    p.add_argument("--workdir", type=Path, help="where captures go (default: a temp folder, removed)")
+    p.add_argument("--no-report", action="store_true", help="skip the HTML report in step 4")
+    p.add_argument("--json", type=Path, help="write the results here too")
+    args = p.parse_args()
+
+    import torch
+
+    from parity.case import parse_case
+    from parity.environment import default_device
+    from parity.tiny import make_checkpoint
+    from reference.runner import ReferenceRunner
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    device = args.device or default_device()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="wp-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    ckpt = args.checkpoint or make_checkpoint(work / f"ckpt-{args.size}", size=args.size)
+    checkpoint_s = time.perf_counter() - t
+    case = parse_case({"name": "bench", "prompt": "A first-person gameplay video exploring a stylized world.",
+                       "seed": 42, "frames": args.frames, "controls": {"buttons": [17]}}, None)
+    options = {"compile_mode": args.compile}
+
+    from parity.runner import RunRequest
+
+    def run(label, side, capture="full", prompt_from=None):
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        out = work / label
+        t0 = time.perf_counter()
+        ReferenceRunner(ckpt, profile=side).run(RunRequest(case, side, out, device, dict(options), prompt_from, capture=capture))
+        wall = time.perf_counter() - t0
+        manifest = json.loads((out / "manifest.json").read_text())
+        frames = manifest["frame_times_s"]
+        steady = statistics.median(frames[2:] if len(frames) > 4 else frames)
+        written = sum(f.stat().st_size for f in (out / "frames").glob("*") if f.is_file())
+        result = {
+            "run": label, "side": side, "capture": capture, "wall_s": wall, "frame_s": steady,
+            "first_frame_extra_s": frames[0] - steady, "fps": 1.0 / steady if steady else float("inf"),
+            "peak_gpu_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.startswith("cuda") else None,
+            "bytes_per_frame": written / len(frames), "generation_s": sum(frames),
+        }
+        gc.collect()
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        return out, result
+
+    results = []
+    _, bare = run("bare", "upstream", capture="none")
+    results.append(bare)
+    a_dir, full = run("full", "upstream")
+    results.append(full)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(device)
+    b_dir, script = run("script", "script", prompt_from=a_dir)
+    results.append(script)
+
+    from parity.capture import Capture
+    from parity.compare import compare_captures
+    from parity.output import write_outputs
+
+    t0 = time.perf_counter()
+    result = compare_captures(Capture.open(a_dir), Capture.open(b_dir))
+    write_outputs(result, work / "cmp")
+    compare_s = time.perf_counter() - t0
+    report_s = 0.0
+    if not args.no_report:
+        from parity.report.build import write_report
+
+        t0 = time.perf_counter()
+        write_report(result, work / "report")
+        report_s = time.perf_counter() - t0
+    generation = full["generation_s"] + script["generation_s"]
+    overhead = full["frame_s"] / bare["frame_s"] - 1.0
+    two_sided_peak = max(full["peak_gpu_gib"] or 0, script["peak_gpu_gib"] or 0)
+    summary = {
+        "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
+        "torch": torch.__version__, "size": args.size, "frames": args.frames, "compile": args.compile,
+        "checkpoint_s": checkpoint_s, "runs": results,
+        "capture_overhead_ratio": overhead,
+        "two_sided_peak_over_larger_side": (two_sided_peak / max(full["peak_gpu_gib"], script["peak_gpu_gib"])) if full["peak_gpu_gib"] else None,
+        "compare_s": compare_s, "report_s": report_s,
+        "compare_plus_report_over_generation": (compare_s + report_s) / generation,
+    }
+    _print(summary)
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=1))
+    return 0
+
+
+def _print(s: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"waypoint-parity benchmark: {s['size']} model, {s['frames']} frames, {s['device']}, compile={s['compile']}")
+    for col in ("run", "frame ms", "fps", "first-frame extra s", "peak GPU GiB", "MB written / frame"):
+        table.add_column(col, justify="right")
+    for r in s["runs"]:
+        table.add_row(r["run"], f"{1000 * r['frame_s']:.1f}", f"{r['fps']:.2f}", f"{r['first_frame_extra_s']:.2f}",
+                      "-" if r["peak_gpu_gib"] is None else f"{r['peak_gpu_gib']:.2f}", f"{r['bytes_per_frame'] / 1e6:.2f}")
+    console = Console(width=140)
+    console.print(table)
+    console.print(f"capture overhead per frame (full vs bare): {100 * s['capture_overhead_ratio']:+.2f}%")
+    if s["two_sided_peak_over_larger_side"] is not None:
+        console.print(f"two-sided peak GPU memory / larger side: {s['two_sided_peak_over_larger_side']:.3f}")
+    console.print(f"compare {s['compare_s']:.2f} s + report {s['report_s']:.2f} s = "
+                  f"{100 * s['compare_plus_report_over_generation']:.1f}% of generation time")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
