@@ -78,7 +78,8 @@ class ReferenceRunner:
             raise UserError(f"transformer/model.py has no class {class_name!r} (named by _class_name)", path / "transformer" / "model.py")
         kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
         try:
-            model = getattr(model_module, class_name)(**kwargs)
+            with torch.device(device):  # built where it runs: at real size, CPU init alone takes a minute
+                model = getattr(model_module, class_name)(**kwargs)
         except Exception as exc:
             raise UserError(f"{class_name}(**config) failed ({type(exc).__name__}: {exc})", path / "transformer" / "config.json") from None
         report = snap.load_weights(model, path / "transformer", options.strict_load, "transformer")

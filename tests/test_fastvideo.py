@@ -51,6 +51,8 @@ FP32 = {"model_dtype": "float32", "noise_dtype": "float32", "sigma_dtype": "floa
 BF16_TOLERANCES = {"step.velocity": {"rel_l2": 0.03, "max_abs": 0.125},
                    "cache_pass.output": {"rel_l2": 0.03, "max_abs": 0.125}}
 EXTRA_TREES = {"640e": "FASTVIDEO_SRC_640E", "2e23": "FASTVIDEO_SRC_2E23"}
+DEVICE = os.environ.get("WAYPOINT_PARITY_TEST_DEVICE", "cpu")
+"""Both sides run here; GPU CI sets cuda (CUDA generators, bf16 kernels, FastVideo's own attention)."""
 
 
 def _requirements() -> str | None:
@@ -98,8 +100,8 @@ def upstream(arch_ckpt, case_file, tmp_path_factory):
     root = tmp_path_factory.mktemp("upstream")
     runner = ReferenceRunner(arch_ckpt["snapshot"], code_source="world_engine")
     return {
-        "fp32": runner.run(RunRequest(case, "upstream", root / "fp32", "cpu", dict(FP32))),
-        "bf16": runner.run(RunRequest(case, "upstream", root / "bf16", "cpu", {})),
+        "fp32": runner.run(RunRequest(case, "upstream", root / "fp32", DEVICE, dict(FP32))),
+        "bf16": runner.run(RunRequest(case, "upstream", root / "bf16", DEVICE, {})),
     }
 
 
@@ -107,7 +109,7 @@ def _run_fastvideo(tree: str | None, precision: str, arch_ckpt, case_file, promp
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if tree is not None:
         env["FASTVIDEO_SRC"] = tree
-    cmd = [sys.executable, "-m", "parity", "run", str(case_file), "--side", "fastvideo", "--device", "cpu",
+    cmd = [sys.executable, "-m", "parity", "run", str(case_file), "--side", "fastvideo", "--device", DEVICE,
            "--snapshot", str(arch_ckpt["snapshot"]), "--fastvideo-bundle", str(arch_ckpt["bundle"]),
            "--prompt-from", str(prompt_from), "-o", str(out), "--option", f"precision={precision}"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900,
