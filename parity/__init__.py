@@ -11,6 +11,8 @@ Map of the package (read in this order):
 - `compare`      aligns two captures stage by stage, diffs their configs, names the first divergence
 - `output`       console table, summary.json and CSV of a comparison
 - `suite`        runs every case against every pair of sides (`make parity`)
+- `shard`        `--shard I/N` case selection, `--workers N` process pool, one device per worker
+- `merge`        one index from parallel workers' parts or from several run folders (`merge`)
 - `budget`       capture size estimate and limits, checked before a run writes anything
 - `resume`       continuing a killed capture bitwise (`run --resume`)
 - `verify`       full validation of a stored capture (`verify`)

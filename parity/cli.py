@@ -53,7 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.add_argument("--out-root", type=Path, default=Path("reports"), help="a new parity-<time> folder is made here")
     p.add_argument("--check", action="store_true", help="exit 1 when any comparison fails")
+    p.add_argument("--shard", metavar="I/N", help="run shard I of N of the cases (sorted by name, every N-th from the I-th); "
+                   "join the shards' run folders with `merge`")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="run cases in N processes, one case each at a time; with cuda, worker k uses cuda:(k mod GPUs)")
     p.set_defaults(handler=cmd_parity)
+
+    p = sub.add_parser("merge", help="merge run folders (shards of a CI matrix) into one run folder with one index")
+    p.add_argument("out", type=Path, help="new run folder (must not exist, or be empty)")
+    p.add_argument("runs", type=Path, nargs="+", help="run folders, each with index.json (parity-<time>/)")
+    p.set_defaults(handler=cmd_merge)
 
     p = sub.add_parser("run", help="run one side of one case and write its capture")
     p.add_argument("case", type=Path)
@@ -205,8 +214,15 @@ def cmd_parity(args) -> int:
     from parity.report import write_report, write_run_index
     from parity.suite import CaseRunner, default_pairs, new_run_folder, write_index
 
+    from parity.shard import parse_shard, select_shard
+
+    shard = parse_shard(args.shard) if args.shard else None
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
     files = _case_files(args.cases or [Path("cases")])
     cases = [load_case(f) for f in files]  # every case is validated before anything runs
+    if shard:
+        cases = select_shard(cases, shard, lambda c: c.name)
     sides = _side_config(args)
     pairs_default, fastvideo_note = default_pairs()
     notes = []
@@ -217,6 +233,8 @@ def cmd_parity(args) -> int:
     console.print(f"model: {sides.snapshot} on {sides.device}")
     for note in notes:
         console.print(f"[yellow]{note}[/]")
+    if args.workers > 1:
+        return _parity_parallel(args, cases, sides, pairs_default, notes, out_root, console)
     runner = CaseRunner(sides, out_root, log=console.print)
     outcomes, reports, report_s = [], [], 0.0
     html_index = out_root / "index.html"
@@ -237,6 +255,28 @@ def cmd_parity(args) -> int:
     passed = sum(o.result.passed for o in outcomes)
     args.verdict = f"{'PARITY' if passed == len(outcomes) else 'DIVERGED'}: {passed} of {len(outcomes)} comparisons within tolerance"
     return 1 if args.check and passed != len(outcomes) else 0
+
+
+def _parity_parallel(args, cases, sides, pairs, notes, out_root: Path, console) -> int:
+    from parity.merge import write_run
+    from parity.shard import run_cases_parallel
+
+    entries = run_cases_parallel(cases, sides, pairs, out_root, args.workers, log=console.print)
+    index, html_index = write_run(out_root, entries, notes)
+    console.print(f"results: {out_root}  (index: {index})")
+    print(f"report: {html_index}")
+    passed = sum(e["verdict"] == "PASS" for e in entries)
+    args.verdict = f"{'PARITY' if passed == len(entries) else 'DIVERGED'}: {passed} of {len(entries)} comparisons within tolerance"
+    return 1 if args.check and passed != len(entries) else 0
+
+
+def cmd_merge(args) -> int:
+    from parity.merge import merge_runs
+
+    index, html_index = merge_runs(args.out, args.runs)
+    print(f"merged {len(args.runs)} runs: {index}")
+    print(f"report: {html_index}")
+    return 0
 
 
 def _print_overview(console, outcomes, out_root: Path) -> None:

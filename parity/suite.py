@@ -118,20 +118,26 @@ def _label(side: str, options: dict, prompt_from_label: str | None = None) -> st
     return label
 
 
+def index_entry(outcome: PairOutcome, out_root: Path) -> dict:
+    """One row of index.json; paths are relative to the run folder, so the folder can move or merge."""
+    s = summary_dict(outcome.result)
+    return {
+        "case": outcome.case.name, "pair": outcome.pair.name, "verdict": s["verdict"],
+        "first_divergence": (s["first_divergence"] or {}).get("explanation"),
+        "first_value_divergence": (s["first_value_divergence"] or {}).get("explanation"),
+        "first_divergent_frame": s["first_divergent_frame"],
+        "summary": str((outcome.out_dir / "summary.json").relative_to(out_root)),
+        "captures": {"a": str(outcome.a_dir.relative_to(out_root)), "b": str(outcome.b_dir.relative_to(out_root))},
+    }
+
+
 def write_index(out_root: Path, outcomes: list[PairOutcome], notes: list[str]) -> Path:
-    entries = []
-    for o in outcomes:
-        s = summary_dict(o.result)
-        entries.append({
-            "case": o.case.name, "pair": o.pair.name, "verdict": s["verdict"],
-            "first_divergence": (s["first_divergence"] or {}).get("explanation"),
-            "first_value_divergence": (s["first_value_divergence"] or {}).get("explanation"),
-            "first_divergent_frame": s["first_divergent_frame"],
-            "summary": str((o.out_dir / "summary.json").relative_to(out_root)),
-            "captures": {"a": str(o.a_dir.relative_to(out_root)), "b": str(o.b_dir.relative_to(out_root))},
-        })
+    return write_index_entries(out_root, [index_entry(o, out_root) for o in outcomes], notes)
+
+
+def write_index_entries(out_root: Path, entries: list[dict], notes: list[str]) -> Path:
     path = out_root / "index.json"
-    path.write_text(json.dumps({"comparisons": entries, "notes": notes}, indent=1))
+    path.write_text(json.dumps({"comparisons": entries, "notes": list(notes)}, indent=1))
     return path
 
 
