@@ -175,12 +175,16 @@ def tensor_info(t, file: str) -> TensorInfo:
     return TensorInfo(file, list(t.shape), str(t.dtype).removeprefix("torch."), digest, stats)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def _atomic_write_bytes(path: Path, data: bytes, durable: bool = False) -> None:
+    """Write through a temporary name and rename: a killed process leaves the old file or the new
+    one, never half of one. `durable` adds an fsync (survives a machine crash too); frame files skip
+    it, since on some file systems it costs more than the frame took to compute."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as fh:
         fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+        if durable:
+            fh.flush()
+            os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 
@@ -305,7 +309,7 @@ class CaptureWriter:
 
     def _write_manifest(self) -> None:
         text = json.dumps(self.manifest, indent=1, sort_keys=False, default=_json_default)
-        _atomic_write_bytes(self.run_dir / MANIFEST, text.encode())
+        _atomic_write_bytes(self.run_dir / MANIFEST, text.encode(), durable=True)
 
 
 class FrameRecorder:
@@ -482,13 +486,28 @@ class Capture:
         return self.manifest["tensors"][key.id]
 
     def tensor(self, key: StageKey):
-        import torch
-
         info = self.info(key)
         file = info["file"]
         if file not in self._cache:
             self._cache = {file: self._load_file(file)}  # one frame at a time keeps memory flat
-        tensors = self._cache[file]
+        return self._checked(key, self._cache[file])
+
+    def tensors(self, keys: list[StageKey]) -> dict[StageKey, Any]:
+        """Several stages at once, each file read once, no shared cache: safe from worker threads."""
+        files: dict[str, dict] = {}
+        out = {}
+        for key in keys:
+            file = self.info(key)["file"]
+            if file not in files:
+                files[file] = self._load_file(file)
+            out[key] = self._checked(key, files[file])
+        return out
+
+    def _checked(self, key: StageKey, tensors: dict):
+        import torch
+
+        info = self.info(key)
+        file = info["file"]
         if key.tensor_name not in tensors:
             raise UserError(f"stage {key.id} is listed in the manifest but missing from the file", self.run_dir / file)
         t = tensors[key.tensor_name]

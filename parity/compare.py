@@ -16,6 +16,8 @@ whose values exceed the tolerance; its frame is the "first divergent frame" of a
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -183,11 +185,25 @@ def compare_captures(a: Capture, b: Capture, tolerances: Tolerances | None = Non
     keys_a = {k.id: k for k in a.keys()}
     keys_b = {k.id: k for k in b.keys()}
     all_keys = sorted({**keys_a, **keys_b}.values(), key=lambda k: k.order)
-    stages = [_compare_stage(key, a, b, key.id in keys_a, key.id in keys_b, tolerances) for key in all_keys]
+    by_frame: dict[int | None, list[StageKey]] = {}
+    for key in all_keys:
+        by_frame.setdefault(key.frame, []).append(key)
+
+    def one_frame(keys: list[StageKey]) -> list[StageResult]:
+        both = [k for k in keys if k.id in keys_a and k.id in keys_b and a.info(k)["shape"] == b.info(k)["shape"]]
+        ta, tb = a.tensors(both), b.tensors(both)
+        return [_compare_stage(k, a, b, k.id in keys_a, k.id in keys_b, tolerances, ta.get(k), tb.get(k)) for k in keys]
+
+    # Frames are independent: decoding, hashing and SSIM of long runs spread over the cores
+    # (numpy, safetensors and scikit-image's filters release the GIL for most of their work).
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        stages = [s for group in pool.map(one_frame, by_frame.values()) for s in group]
+    stages.sort(key=lambda s: s.key.order)
     return ComparisonResult(a, b, config, stages, tolerances)
 
 
-def _compare_stage(key: StageKey, a: Capture, b: Capture, in_a: bool, in_b: bool, tolerances: Tolerances) -> StageResult:
+def _compare_stage(key: StageKey, a: Capture, b: Capture, in_a: bool, in_b: bool, tolerances: Tolerances,
+                   ta=None, tb=None) -> StageResult:
     if (not in_a and a.sampled_out(key)) or (not in_b and b.sampled_out(key)):
         return StageResult(key, NOT_SAMPLED)
     if not in_a:
@@ -201,7 +217,8 @@ def _compare_stage(key: StageKey, a: Capture, b: Capture, in_a: bool, in_b: bool
     if ia["shape"] != ib["shape"]:
         result.status = SHAPE
         return result
-    ta, tb = a.tensor(key), b.tensor(key)
+    ta = a.tensor(key) if ta is None else ta
+    tb = b.tensor(key) if tb is None else tb
     result.metrics = compare_frames(ta, tb) if key.family == "decoded" else compare_arrays(ta, tb)
     result.tolerance = tolerances.for_stage(key.family, ia["dtype"], ib["dtype"])
     result.floor = tolerances.floor(key.family)

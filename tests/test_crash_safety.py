@@ -41,7 +41,7 @@ def killed(tiny_checkpoint, tmp_path_factory):
     case = root / "native.toml"
     case.write_text(NATIVE_CASE)
     run = root / "killed"
-    env = {**os.environ, HOOK_ENV: "kill@2:2", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, HOOK_ENV: "kill@2:2", "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, "-m", "parity", "run", str(case), "--snapshot", str(snap), "--trust-remote-code",
                            "-o", str(run), "--device", "cpu"], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr

@@ -57,11 +57,11 @@ def test_shared_noise_is_the_same_on_cuda_and_cpu(tiny_checkpoint, small_case, t
 
 
 def test_background_writer_on_cuda_matches_the_foreground_copy(tmp_path):
-    tensors = [torch.randn(1, 1, 16, 32, 32, device="cuda", dtype=torch.bfloat16) for _ in range(6)]
+    originals = [torch.randn(1, 1, 16, 32, 32, device="cuda", dtype=torch.bfloat16) for _ in range(6)]
     fg = CaptureWriter(tmp_path / "fg", {"side": "x"})
     bg = CaptureWriter(tmp_path / "bg", {"side": "x"}, background=True)
     for w in (fg, bg):
-        for f, t in enumerate(tensors):
+        for f, t in enumerate(t.clone() for t in originals):
             with w.frame(f) as rec:
                 rec["latent"] = t
                 rec["decoded"] = (t[0, 0, :3].float().abs() * 50).clamp(0, 255).to(torch.uint8).permute(1, 2, 0)
