@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="override a reference option, e.g. --option sigmas=[1.0,0.949,0.84,0.0] (repeatable)")
     p.add_argument("--prompt-from", type=Path, help="inject the prompt embedding of this capture (shared prompt)")
+    p.add_argument("--capture", default="full", metavar="POLICY",
+                   help="full (default), every:K (per-step tensors on every K-th frame only, for long rollouts), "
+                        "or none (bare run, for benchmarks); recorded in the manifest")
     p.add_argument("--resume", action="store_true", help="continue the incomplete capture in --out (reference sides only)")
     p.add_argument("--max-capture-bytes", metavar="SIZE",
                    help="refuse to start a capture estimated above SIZE (2000000000, 500MB, 2GiB; see parity.budget)")
@@ -141,17 +144,20 @@ def _side_config(args):
 
 
 def cmd_run(args) -> int:
+    from parity.capture import CapturePolicy
     from parity.case import load_case
     from parity.runner import RunRequest
     from reference.options import parse_cli_override
 
     case = load_case(args.case)
+    CapturePolicy.parse(args.capture)  # a bad policy fails before anything loads
     overrides = dict(parse_cli_override(text) for text in args.option)
     if args.resume and args.side == "fastvideo":
         raise UserError("--resume applies to reference sides (upstream, script) only")
     sides = _side_config(args)
     out = sides.runner(args.side).run(RunRequest(case, args.side, args.out, sides.device, overrides, args.prompt_from,
-                                                      resume=args.resume, max_capture_bytes=args.max_capture_bytes))
+                                                      resume=args.resume, max_capture_bytes=args.max_capture_bytes,
+                                                      capture=args.capture))
     print(f"capture written: {out}")
     return 0
 
