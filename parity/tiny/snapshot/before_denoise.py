@@ -14,6 +14,10 @@ so a compiled model sees the same shapes every call and never waits on the GPU.
 
 import torch
 
+# The ring bookkeeping is host-side Python (slot counters); a compiled model calls it as an opaque
+# function instead of recompiling for every slot value.
+_not_compiled = getattr(getattr(torch, "compiler", None), "disable", lambda fn: fn)
+
 
 class StaticKVCache:
     def __init__(self, config, batch_size, dtype):
@@ -45,6 +49,7 @@ class StaticKVCache:
         self.v[layer_idx] = torch.zeros(B, H, slots * N, D, dtype=self.dtype, device=k.device)
         self.valid[layer_idx] = torch.zeros(slots * N, dtype=torch.bool, device=k.device)
 
+    @_not_compiled
     def upsert(self, layer_idx, k, v, frame_timestamp):
         """k, v (B, kv_heads, N, hd) of the current frame -> (k, v, mask) for attention; mask is a
         bool (1, 1, 1, keys) with True where a key takes part."""
