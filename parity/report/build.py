@@ -225,27 +225,24 @@ def _render_frames(result: ComparisonResult, by_id: dict[str, StageResult], fami
     a, b = result.a, result.b
     n = max(int(a.manifest.get("frames_written", 0)), int(b.manifest.get("frames_written", 0)))
     wanted = _heatmap_stages(families, result.stages)
-    art = FrameArtifacts(rows=[])
-    video = None
-    # PNG encoding releases the GIL: a few threads write files while this loop loads the next frame.
-    pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1))
-    pending = []
 
-    def save(rel: str, pixels: np.ndarray) -> None:
-        pending.append(pool.submit(images.save_png, out_dir / rel, pixels))
-
-    for f in range(n):
+    def frame_job(f: int):
+        """Everything one frame needs, from its own reads (thread-safe): the row, the PNGs (written
+        here), the video frame, the requested heatmaps. PNG encoding, FFTs and numpy release the GIL."""
         row = FrameRow(f)
+        needed = [StageKey(f, None, "decoded"), StageKey(f, None, "latent")] + [st.key for st, _ in wanted.get(f, ())]
+        ta = _arrays(a, needed)
+        tb = _arrays(b, needed)
+        video_frame, heatmaps = None, []
         key = StageKey(f, None, "decoded")
         s = by_id.get(key.id)
         if s is not None:
             row.status = s.status
-            fa = _numpy(a, key) if s.shape_a else None
-            fb = _numpy(b, key) if s.shape_b else None
+            fa, fb = ta.get(key), tb.get(key)
             for side, pixels in (("a", fa), ("b", fb)):
                 if pixels is not None:
                     rel = f"assets/frames/{side}-{f:06d}.png"
-                    save(rel, pixels)
+                    images.save_png(out_dir / rel, pixels)
                     setattr(row, f"{side}_png", rel)
                     setattr(row, f"lap_{side}", laplacian_variance(pixels))
                     setattr(row, f"hf_{side}", high_frequency_share(pixels))
@@ -254,26 +251,32 @@ def _render_frames(result: ComparisonResult, by_id: dict[str, StageResult], fami
                 row.psnr, row.ssim = s.metrics.psnr, s.metrics.ssim
                 heat = images.decoded_diff_heatmap(fa, fb)
                 row.diff_png = f"assets/frames/diff-{f:06d}.png"
-                save(row.diff_png, heat)
-                if video is None:
-                    video = images.VideoWriter(out_dir / "assets" / "side-by-side")
+                images.save_png(out_dir / row.diff_png, heat)
                 gap = np.full((fa.shape[0], 4, 3), 255, np.uint8)
-                video.append(np.concatenate([fa, gap, fb, gap, heat], axis=1))
+                video_frame = np.concatenate([fa, gap, fb, gap, heat], axis=1)
         lkey = StageKey(f, None, "latent")
         ls = by_id.get(lkey.id)
         if ls is not None and ls.metrics is not None and len(ls.shape_a or ()) == 5:
-            heat = images.latent_diff_heatmap(_numpy(a, lkey)[0, 0], _numpy(b, lkey)[0, 0])
+            heat = images.latent_diff_heatmap(ta[lkey][0, 0], tb[lkey][0, 0])
             row.latent_png, row.latent_size = f"assets/frames/latent-{f:06d}.png", heat.shape[:2]
-            save(row.latent_png, heat)
+            images.save_png(out_dir / row.latent_png, heat)
         for stage, why in wanted.get(f, ()):
-            heat = images.latent_diff_heatmap(_numpy(a, stage.key)[0, 0], _numpy(b, stage.key)[0, 0])
+            heat = images.latent_diff_heatmap(ta[stage.key][0, 0], tb[stage.key][0, 0])
             rel = f"assets/heat/{stage_anchor(stage.key.id)}.png"
-            save(rel, heat)
-            art.heatmaps[stage.key.id] = Heatmap(f"{why}: {stage.key.where()} (rel_l2 {stage.metrics.rel_l2:.3g})", rel, heat.shape[:2])
-        art.rows.append(row)
-    pool.shutdown(wait=True)
-    for job in pending:
-        job.result()  # re-raises a failed write
+            images.save_png(out_dir / rel, heat)
+            heatmaps.append((stage.key.id, Heatmap(f"{why}: {stage.key.where()} (rel_l2 {stage.metrics.rel_l2:.3g})", rel, heat.shape[:2])))
+        return row, video_frame, heatmaps
+
+    art = FrameArtifacts(rows=[])
+    video = None
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for row, video_frame, heatmaps in pool.map(frame_job, range(n)):  # in frame order, computed ahead
+            art.rows.append(row)
+            art.heatmaps.update(heatmaps)
+            if video_frame is not None:
+                if video is None:
+                    video = images.VideoWriter(out_dir / "assets" / "side-by-side")
+                video.append(video_frame)
     if video is not None:
         art.video = str(video.close().relative_to(out_dir))
     return art
@@ -296,13 +299,18 @@ def _heatmap_stages(families, stages: list[StageResult]) -> dict[int, list[tuple
     return wanted
 
 
-def _numpy(cap: Capture, key: StageKey) -> np.ndarray:
+def _numpy(t) -> np.ndarray:
     import torch
 
-    t = cap.tensor(key)
     if t.dtype == torch.uint8:
         return t.numpy()
     return t.to(torch.float32).numpy()
+
+
+def _arrays(cap: Capture, keys: list[StageKey]) -> dict[StageKey, np.ndarray]:
+    """The stages of `keys` this capture holds, as numpy, read without the capture's shared cache."""
+    present = [k for k in keys if k.id in cap.manifest["tensors"]]
+    return {k: _numpy(t) for k, t in cap.tensors(present).items()}
 
 
 # ---- blur ---------------------------------------------------------------------------------------

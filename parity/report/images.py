@@ -59,7 +59,7 @@ def latent_diff_heatmap(a_CHW: np.ndarray, b_CHW: np.ndarray, min_tile: int = 48
 def save_png(path: Path, pixels: np.ndarray) -> None:
     from PIL import Image
 
-    Image.fromarray(np.ascontiguousarray(pixels)).save(path, compress_level=3)
+    Image.fromarray(np.ascontiguousarray(pixels)).save(path, compress_level=1)  # fast: these are review assets, not archives
 
 
 class VideoWriter:
