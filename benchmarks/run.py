@@ -4,13 +4,13 @@
     make bench ARGS="--size real --device cuda"
 
 In one process, on the random-weight checkpoint (`--size real`: Waypoint-1-Small's dimensions):
-1. a bare reference run (nothing captured)
-2. the same run with full capture            -> capture overhead per frame, as a ratio
-3. the script profile after it (two-sided run, sides run one after another, freed between)
-4. comparison + summary + HTML report of 2 vs 3 -> relative to generation time
+1. a warm-up run (discarded: allocator, kernels, autotuning), then bare (nothing captured) and full
+   capture runs of the upstream profile, alternated twice     -> capture overhead per frame
+2. the script profile right after a full run, nothing reset   -> two-sided peak GPU memory, against
+   each side alone (peaks reset before each)
+3. comparison + summary + HTML report of the two sides       -> relative to their generation time
 Per run: steady-state frame time (median of frames after the first two), the first frame's extra
 time (compilation, warm-up), peak GPU memory, bytes written per frame. Prints one table.
-The steady-state ratio is what the capture adds to a frame; warm-up is reported apart.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def main() -> int:
     p.add_argument("--compile", default="none", choices=("none", "default", "reduce-overhead", "max-autotune"))
     p.add_argument("--checkpoint", type=Path, help="reuse this checkpoint folder")
     p.add_argument("--workdir", type=Path, help="where captures go (default: a temp folder, removed)")
-    p.add_argument("--no-report", action="store_true", help="skip the HTML report in step 4")
+    p.add_argument("--no-report", action="store_true", help="skip the HTML report in step 3")
+    p.add_argument("--no-bare", action="store_true", help="skip step 1 (long rollouts: time and memory of the two sides only)")
     p.add_argument("--json", type=Path, help="write the results here too")
     args = p.parse_args()
 
@@ -57,10 +58,18 @@ def main() -> int:
 
     from parity.runner import RunRequest
 
-    def run(label, side, capture="full", prompt_from=None):
-        if device.startswith("cuda"):
+    cuda = device.startswith("cuda")
+
+    def peak() -> float | None:
+        return torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
+
+    def reset() -> None:
+        gc.collect()
+        if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
+
+    def run(label, side, capture="full", prompt_from=None):
         out = work / label
         t0 = time.perf_counter()
         ReferenceRunner(ckpt, profile=side).run(RunRequest(case, side, out, device, dict(options), prompt_from, capture=capture))
@@ -69,26 +78,40 @@ def main() -> int:
         frames = manifest["frame_times_s"]
         steady = statistics.median(frames[2:] if len(frames) > 4 else frames)
         written = sum(f.stat().st_size for f in (out / "frames").glob("*") if f.is_file())
-        result = {
+        return out, {
             "run": label, "side": side, "capture": capture, "wall_s": wall, "frame_s": steady,
             "first_frame_extra_s": frames[0] - steady, "fps": 1.0 / steady if steady else float("inf"),
-            "peak_gpu_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.startswith("cuda") else None,
-            "bytes_per_frame": written / len(frames), "generation_s": sum(frames),
+            "peak_gpu_gib": peak(), "bytes_per_frame": written / len(frames), "generation_s": sum(frames),
         }
-        gc.collect()
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()
-        return out, result
 
     results = []
-    _, bare = run("bare", "upstream", capture="none")
-    results.append(bare)
+    bare_times, full_times = [], []
+    if not args.no_bare:
+        reset()
+        run("warmup", "upstream", capture="none")
+        for i in (1, 2):
+            reset()
+            _, r = run(f"bare-{i}", "upstream", capture="none")
+            results.append(r)
+            bare_times.append(r["frame_s"])
+            if i == 2:
+                break
+            reset()
+            _, r = run(f"full-{i}", "upstream")
+            results.append(r)
+            full_times.append(r["frame_s"])
+    reset()
     a_dir, full = run("full", "upstream")
     results.append(full)
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats(device)
-    b_dir, script = run("script", "script", prompt_from=a_dir)
+    full_times.append(full["frame_s"])
+    peak_a = full["peak_gpu_gib"]
+    b_dir, script = run("script", "script", prompt_from=a_dir)  # nothing freed by hand: what a two-sided run costs
     results.append(script)
+    peak_two = peak()
+    reset()
+    _, alone = run("script-alone", "script", prompt_from=a_dir)
+    results.append(alone)
+    peak_b = alone["peak_gpu_gib"]
 
     from parity.capture import Capture
     from parity.compare import compare_captures
@@ -100,21 +123,20 @@ def main() -> int:
     compare_s = time.perf_counter() - t0
     report_s = 0.0
     if not args.no_report:
-        from parity.report.build import write_report
+        from parity.report import write_report
 
         t0 = time.perf_counter()
         write_report(result, work / "report")
         report_s = time.perf_counter() - t0
     generation = full["generation_s"] + script["generation_s"]
-    overhead = full["frame_s"] / bare["frame_s"] - 1.0
-    two_sided_peak = max(full["peak_gpu_gib"] or 0, script["peak_gpu_gib"] or 0)
     summary = {
-        "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
+        "device": torch.cuda.get_device_name(device) if cuda else "cpu",
         "torch": torch.__version__, "size": args.size, "frames": args.frames, "compile": args.compile,
         "checkpoint_s": checkpoint_s, "runs": results,
-        "capture_overhead_ratio": overhead,
-        "two_sided_peak_over_larger_side": (two_sided_peak / max(full["peak_gpu_gib"], script["peak_gpu_gib"])) if full["peak_gpu_gib"] else None,
-        "compare_s": compare_s, "report_s": report_s,
+        "capture_overhead_ratio": (statistics.median(full_times) / statistics.median(bare_times) - 1.0) if bare_times else None,
+        "two_sided_peak_gib": peak_two,
+        "two_sided_peak_over_larger_side": (peak_two / max(peak_a, peak_b)) if cuda else None,
+        "compare_s": compare_s, "report_s": report_s, "generation_s": generation,
         "compare_plus_report_over_generation": (compare_s + report_s) / generation,
     }
     _print(summary)
@@ -135,9 +157,10 @@ def _print(s: dict) -> None:
                       "-" if r["peak_gpu_gib"] is None else f"{r['peak_gpu_gib']:.2f}", f"{r['bytes_per_frame'] / 1e6:.2f}")
     console = Console(width=140)
     console.print(table)
-    console.print(f"capture overhead per frame (full vs bare): {100 * s['capture_overhead_ratio']:+.2f}%")
+    if s["capture_overhead_ratio"] is not None:
+        console.print(f"capture overhead per frame (median full vs median bare): {100 * s['capture_overhead_ratio']:+.2f}%")
     if s["two_sided_peak_over_larger_side"] is not None:
-        console.print(f"two-sided peak GPU memory / larger side: {s['two_sided_peak_over_larger_side']:.3f}")
+        console.print(f"two-sided peak GPU memory {s['two_sided_peak_gib']:.2f} GiB / larger side alone: {s['two_sided_peak_over_larger_side']:.3f}")
     console.print(f"compare {s['compare_s']:.2f} s + report {s['report_s']:.2f} s = "
                   f"{100 * s['compare_plus_report_over_generation']:.1f}% of generation time")
 
