@@ -132,7 +132,7 @@ class ReferenceRunner:
         loaded = self.load(options, device)
         model_dtype = getattr(torch, options.model_dtype)
         noise_dtype = getattr(torch, options.noise_dtype)
-        sigmas = self._schedule(options, loaded)
+        sigmas = self._schedule(options, loaded).to(device)  # upstream models expect sigma on their device
         shape = loaded.latent_shape or (1, 1, loaded.config["channels"], loaded.config["height"], loaded.config["width"])
 
         if request.prompt_from is not None:

@@ -245,7 +245,10 @@ def load_parts(snapshot: Path, config: dict[str, Any], options, device: str, loa
 
     cfg = model_config(config)
     try:
-        model = WorldModel(cfg)
+        # Built on its device, as WorldEngine does: NoCastModule parts (the noise conditioner's fp32
+        # `freq` buffer) are not moved by a later `.to(device)`.
+        with torch.device(device):
+            model = WorldModel(cfg)
     except Exception as exc:
         raise UserError(f"world_engine WorldModel(config) failed ({type(exc).__name__}: {exc})",
                         snapshot / "transformer" / "config.json") from None
@@ -254,7 +257,8 @@ def load_parts(snapshot: Path, config: dict[str, Any], options, device: str, loa
 
     vae_path = snapshot / "vae" / "config.json"
     enc_cfg, dec_cfg = vae_configs(read_json(vae_path), vae_path)
-    ae = AutoEncoder(enc_cfg, dec_cfg)
+    with torch.device(device):
+        ae = AutoEncoder(enc_cfg, dec_cfg)
     load_weights(ae, snapshot / "vae", True, "VAE")
     decode_fn = _uncompiled_decode()
     vae = WorldEngineDecoder(ae, decode_fn).to(device=device, dtype=getattr(torch, options.vae_dtype)).eval()

@@ -209,11 +209,17 @@ def test_stage_pipeline_matches_upstream_in_fp32(fastvideo_runs, upstream):
     run = fastvideo_runs[("main", "fp32")]
     if not _is_head_like(run):
         pytest.skip("FASTVIDEO_SRC is an older streaming revision; see the streaming tests")
-    result = _compare(upstream["fp32"], run)
+    # On the CPU both sides reach ~4e-7. On CUDA, FastVideo's compiled flex attention and
+    # world_engine's attention take different fp32 kernels: measured 1.5e-5 on the velocity and
+    # 2.6e-6 on latents (H100), so the velocity and cache-pass bound there is 1e-4, still 600x
+    # below the smallest real difference the comparison must catch (0.06).
+    on_gpu = DEVICE.startswith("cuda")
+    tolerances = {f: {"rel_l2": 1e-4, "max_abs": 1e-3} for f in ("step.velocity", "cache_pass.output")} if on_gpu else None
+    result = _compare(upstream["fp32"], run, tolerances)
     worst = _worst(result)
     print("fp32 worst rel_l2 per family:", worst)
-    assert result.passed, result.first_divergence and result.first_divergence.key.id
-    assert worst["step.velocity"] < 1e-5 and worst["latent"] < 1e-5
+    assert result.passed, result.first_divergence and result.first_divergence.explain()
+    assert worst["step.velocity"] < (1e-4 if on_gpu else 1e-5) and worst["latent"] < 1e-5
 
 
 def test_stage_pipeline_matches_upstream_in_bf16(fastvideo_runs, upstream):
