@@ -214,7 +214,7 @@ def _parse_controls(raw: Any, frames: int, fail) -> tuple[FrameControls, ...]:
         _expect(isinstance(seg, dict), where, "must be a table", fail)
         unknown = sorted(set(seg) - _CONTROL_KEYS - {"frames"})
         if unknown:
-            fail(f"{where}.{unknown[0]}", f"unknown key; allowed keys are buttons, frames, mouse, scroll")
+            fail(f"{where}.{unknown[0]}", "unknown key; allowed keys are buttons, frames, mouse, scroll")
         span = seg.get("frames")
         _expect(
             isinstance(span, list) and len(span) == 2 and all(_is_int(v) for v in span),

@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("b", type=Path, help="candidate capture (B)")
     p.add_argument("-o", "--out", type=Path, help="write summary.json and stages.csv here (must not hold another comparison)")
     p.add_argument("--case", type=Path, help="take tolerances from this case file (default: those recorded in A)")
+    p.add_argument("--floors", type=Path, help="calibrated floors.json (`calibrate`): a stage fails above 4x its floor")
     p.add_argument("--check", action="store_true", help="exit 1 when the comparison fails")
     p.set_defaults(handler=cmd_compare)
 
@@ -94,7 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", type=Path, help="report folder (default: reports/report-<A>__vs__<B>); "
                    "must not hold the report of another comparison")
     p.add_argument("--case", type=Path, help="take tolerances from this case file (default: those recorded in A)")
+    p.add_argument("--floors", type=Path, help="calibrated floors.json (`calibrate`): a stage fails above 4x its floor")
     p.add_argument("--check", action="store_true", help="exit 1 when the comparison fails")
+    p.add_argument("--attribution", type=Path, metavar="PATH/attribution.json",
+                   help="an `ablate` result: its page is copied into the report, its answer shown on the overview")
+    p.add_argument("--diagnosis", type=Path, metavar="PATH/diagnosis.json",
+                   help="a `diagnose` result: its page is copied into the report, its growth verdict shown on the overview")
     p.set_defaults(handler=cmd_report)
 
     from parity.diagnose.commands import add_commands
@@ -162,14 +168,11 @@ def cmd_run(args) -> int:
     return 0
 
 
-def cmd_compare(args) -> int:
-    from parity.capture import Capture
+def _tolerances(args, a):
+    """The case's tolerances (--case, else those recorded in capture A), with --floors applied."""
     from parity.case import load_case
-    from parity.compare import compare_captures
-    from parity.output import SUMMARY, print_result, write_outputs
     from parity.tolerances import parse_tolerances
 
-    a, b = Capture.open(args.a), Capture.open(args.b)
     if args.case:
         tolerances = load_case(args.case).tolerances
     else:
@@ -177,6 +180,20 @@ def cmd_compare(args) -> int:
             tolerances = parse_tolerances(a.manifest.get("case", {}).get("tolerances", {}))
         except ValueError as exc:
             raise UserError(f"recorded tolerances are invalid: {exc}", args.a / "manifest.json") from None
+    if getattr(args, "floors", None):
+        from parity.diagnose.calibrate import FLOOR_MULTIPLE, Floors
+
+        tolerances = tolerances.with_floors(Floors.load(args.floors).floors, FLOOR_MULTIPLE)
+    return tolerances
+
+
+def cmd_compare(args) -> int:
+    from parity.capture import Capture
+    from parity.compare import compare_captures
+    from parity.output import SUMMARY, print_result, write_outputs
+
+    a, b = Capture.open(args.a), Capture.open(args.b)
+    tolerances = _tolerances(args, a)
     if args.out and (args.out / SUMMARY).exists():
         raise UserError("already holds a comparison; choose another --out", args.out)
     result = compare_captures(a, b, tolerances)
@@ -190,23 +207,14 @@ def cmd_compare(args) -> int:
 
 def cmd_report(args) -> int:
     from parity.capture import Capture
-    from parity.case import load_case
     from parity.compare import compare_captures
     from parity.report import write_report
-    from parity.tolerances import parse_tolerances
 
     a, b = Capture.open(args.a), Capture.open(args.b)
-    if args.case:
-        tolerances = load_case(args.case).tolerances
-    else:
-        try:
-            tolerances = parse_tolerances(a.manifest.get("case", {}).get("tolerances", {}))
-        except ValueError as exc:
-            raise UserError(f"recorded tolerances are invalid: {exc}", args.a / "manifest.json") from None
-    result = compare_captures(a, b, tolerances)
+    result = compare_captures(a, b, _tolerances(args, a))
     out = args.out or Path("reports") / f"report-{a.name}__vs__{b.name}"
     started = time.perf_counter()
-    index = write_report(result, out)
+    index = write_report(result, out, attribution=args.attribution, diagnosis=args.diagnosis)
     print(f"report written in {time.perf_counter() - started:.1f} s: {index}")
     args.verdict = "PARITY" if result.passed else "DIVERGED"
     return 1 if args.check and not result.passed else 0

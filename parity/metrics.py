@@ -65,7 +65,7 @@ def compare_arrays(a, b) -> Metrics:
     both = finite_a & finite_b
     av, bv = np.where(both, a64, 0.0), np.where(both, b64, 0.0)
     diff = np.abs(bv - av)
-    (unit_a, sa, scale_a), (unit_b, sb, scale_b), (unit_d, _, scale_d) = _norm(av), _norm(bv), _norm(diff)
+    (unit_a, sa, scale_a), (unit_b, sb, _), (unit_d, _, scale_d) = _norm(av), _norm(bv), _norm(diff)
     norm_a, norm_d = unit_a * scale_a, unit_d * scale_d
     if diff.size:
         flat = int(np.argmax(diff))

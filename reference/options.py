@@ -12,7 +12,7 @@ two profiles can be switched on alone (see the ablation of differences in the do
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from parity.errors import UserError

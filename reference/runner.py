@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from parity import alignment
-from parity.capture import CapturePolicy, CaptureWriter, Protocol
+from parity.capture import CapturePolicy, Protocol
 from parity.environment import describe_environment, pin_numerics
 from parity.errors import UserError
 from parity.runner import RunRequest

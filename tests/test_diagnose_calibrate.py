@@ -42,3 +42,16 @@ def test_bad_floors_file(tmp_path):
     path.write_text('{"schema": "something-else"}')
     with pytest.raises(UserError, match="not a floors file of version 1"):
         Floors.load(path)
+
+
+def test_compare_with_floors_on_the_command_line(small_case, run, tmp_path, capsys):
+    from parity.cli import main
+
+    floors = calibrate(small_case, run, tmp_path / "cal", log=lambda _m: None)
+    base, math_run = tmp_path / "cal" / "base", tmp_path / "cal" / "attention_math"
+    assert main(["compare", str(base), str(math_run), "--floors", str(tmp_path / "cal" / "floors.json"), "--check"]) == 0
+    assert "PARITY" in capsys.readouterr().out
+    assert floors.floors["cache_pass.output"].rel_l2 > 0
+    (tmp_path / "bad.json").write_text("{}")
+    assert main(["compare", str(base), str(math_run), "--floors", str(tmp_path / "bad.json")]) == 2
+    assert "not a floors file of version 1" in capsys.readouterr().err
