@@ -47,7 +47,7 @@ from parity.errors import UserError
 
 MARKER = "waypoint_parity_tiny_waypoint.json"
 GENERATOR_VERSION = 1
-SCHEDULER_SIGMAS = [1.0, 0.8609585762023926, 0.729332447052002, 0.3205108940601349, 0.0]
+from parity.tiny.checkpoint import SCHEDULER_SIGMAS  # the real checkpoint's schedule, in one place
 
 TRANSFORMER_CONFIG = {
     "_class_name": "WorldModel",
