@@ -113,13 +113,28 @@ class FrameArtifacts:
 
 
 def write_report(result: ComparisonResult, out_dir: str | Path, *, run_index: Path | None = None,
-                 title: str | None = None) -> Path:
+                 title: str | None = None, attribution: str | Path | None = None, diagnosis: str | Path | None = None) -> Path:
     """Writes the report of `result` into `out_dir`; returns the path of its index.html.
 
     `run_index` (the run's index.html) adds a link back to it. Regenerating the report of the same
-    two captures into the same folder replaces it; any other report there is a UserError."""
+    two captures into the same folder replaces it; any other report there is a UserError.
+    `attribution` / `diagnosis`: an attribution.json (`ablate`) / diagnosis.json (`diagnose`); their
+    pages are rendered into the report (beside a copy of the JSON) and their one-line answers
+    shown on the overview."""
+    from parity.report import diagnosis as diag
+
     started = time.perf_counter()
     out_dir = Path(out_dir)
+    extra = {"attribution": (diag.load_json(attribution, "attribution.json"), Path(attribution)) if attribution else None,
+             "diagnosis": (diag.load_json(diagnosis, "diagnosis.json"), Path(diagnosis)) if diagnosis else None}
+    try:
+        answers = {"attribution_answer": diag.attribution_answer(extra["attribution"][0]) if extra["attribution"] else None}
+    except UserError as exc:
+        raise UserError(exc.message, attribution) from None
+    try:
+        answers["growth_answer"] = diag.diagnosis_context(extra["diagnosis"][0])["answer"] if extra["diagnosis"] else None
+    except UserError as exc:
+        raise UserError(exc.message, diagnosis) from None
     identity = _identity(result)
     _claim(out_dir, identity)
     assets = out_dir / "assets"
@@ -151,8 +166,13 @@ def write_report(result: ComparisonResult, out_dir: str | Path, *, run_index: Pa
         "extras": [name for name in ("summary.json", "stages.csv") if (out_dir / name).is_file()],
         "metric_parameters": {"ssim": SSIM_PARAMS, "psnr_data_range": PSNR_DATA_RANGE, "hf_cutoff": HF_CUTOFF},
         "anchor": stage_anchor,
+        "diagnosis_pages": [{"href": page, "page": name, "label": label} for name, page, label in
+                            (("attribution", diag.ATTRIBUTION_PAGE, "ablation attribution"), ("diagnosis", diag.DIAGNOSIS_PAGE, "error growth"))
+                            if extra[name]],
+        **answers,
     }
     env = _environment()
+    _diagnosis_pages(out_dir, extra, ctx)
     _write(out_dir / "index.html", env.get_template("overview.html").render(page="overview", **ctx))
     _write(out_dir / "blur.html", env.get_template("blur.html").render(page="blur", charts=_blur_charts(art.rows, result), **ctx))
     for fam in families:
@@ -164,7 +184,8 @@ def write_report(result: ComparisonResult, out_dir: str | Path, *, run_index: Pa
             **ctx)
         _write(out_dir / family_page(fam.family), page)
     marker = {"schema": REPORT_SCHEMA, **identity, "verdict": "PASS" if result.passed else "FAIL",
-              "frames": len(art.rows), "video": art.video, "generation_s": round(time.perf_counter() - started, 3)}
+              "frames": len(art.rows), "video": art.video, "generation_s": round(time.perf_counter() - started, 3),
+              **{name: str(v[1].resolve()) for name, v in extra.items() if v}}
     _write(out_dir / REPORT_MARKER, json.dumps(marker, indent=1))
     return out_dir / "index.html"
 
@@ -188,6 +209,27 @@ def write_run_index(out_root: str | Path, entries: list[dict[str, Any]], notes: 
     path = out_root / "index.html"
     _write(path, html)
     return path
+
+
+def _diagnosis_pages(out_dir: Path, extra: dict[str, Any], ctx: dict[str, Any]) -> None:
+    """attribution.html / diagnosis.html inside the report, rendered from a copy of their JSON (and
+    attribution.csv) so the report stays self-contained; stale copies of an earlier rendering go."""
+    from parity.report import diagnosis as diag
+
+    copies = {"attribution": ("attribution.json", "attribution.csv", diag.ATTRIBUTION_PAGE),
+              "diagnosis": ("diagnosis.json", diag.DIAGNOSIS_PAGE)}
+    for name, files in copies.items():
+        for f in files:
+            (out_dir / f).unlink(missing_ok=True)  # ours: _claim checked the folder
+        if not extra[name]:
+            continue
+        data, source = extra[name]
+        _write(out_dir / files[0], json.dumps(data, indent=1))
+        if name == "attribution" and (source.parent / files[1]).is_file():
+            shutil.copyfile(source.parent / files[1], out_dir / files[1])
+        writer = diag.write_attribution_page if name == "attribution" else diag.write_diagnosis_page
+        report_ctx = {k: ctx[k] for k in ("title", "families", "run_index", "diagnosis_pages")}
+        writer(data, out_dir, **report_ctx)
 
 
 # ---- claim --------------------------------------------------------------------------------------

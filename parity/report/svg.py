@@ -114,3 +114,55 @@ def _x_ticks(x0: float, x1: float) -> list[float]:
     step = max(step, 1)
     first = math.ceil(x0 / step) * step
     return [first + i * step for i in range(int((x1 - first) // step) + 1)]
+
+
+BAR_ROW, BAR_LABEL = 22, 170
+
+
+def bar_chart(rows: list[tuple[str, list[float]]], title: str, *, series: list[str] = ("value",), unit: str = "",
+              reference: float | None = 0.0) -> Markup:
+    """Horizontal bars, one row per label and one bar per series value (NaN: no bar); negative
+    values extend left of zero. `reference` draws a dashed line at that value (None: none).
+
+        bar_chart([("sigmas_3step", [0.82, 0.82]), ("decode_fp32", [0.01, 0.83])], "blur", series=["alone", "cumulative"])
+    """
+    values = [v for _, vs in rows for v in vs if v is not None and math.isfinite(v)]
+    if not rows or not values:
+        return Markup(f'<p class="muted">{escape(title)}: no values to plot</p>')
+    lo, hi = min(0.0, *values), max(0.0, *values)
+    if hi == lo:
+        hi = lo + 1.0
+    n = max(1, len(series))
+    height = TOP + 16 + len(rows) * BAR_ROW + BOTTOM
+    width = W
+    left, right = BAR_LABEL, width - RIGHT - 50
+
+    def px(v: float) -> float:
+        return left + (v - lo) / (hi - lo) * (right - left)
+
+    out = [f'<svg class="chart bars" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" aria-label="{escape(title)}">',
+           f'<text x="4" y="14" class="ct">{escape(title)}</text>']
+    for i, name in enumerate(series if n > 1 else ()):
+        out.append(f'<rect x="{left + i * 110}" y="{TOP - 4}" width="10" height="8" class="b{i % 6}"/>'
+                   f'<text x="{left + 14 + i * 110}" y="{TOP + 4}" class="lg">{escape(name)}</text>')
+    top = TOP + 14
+    bar_h = (BAR_ROW - 6) / n
+    for r, (label, vs) in enumerate(rows):
+        y = top + r * BAR_ROW
+        out.append(f'<text x="{left - 6}" y="{y + BAR_ROW / 2 + 3:.1f}" class="yt">{escape(label)}</text>')
+        for i, v in enumerate(vs):
+            if v is None or not math.isfinite(v):
+                continue
+            x0, x1 = sorted((px(0.0), px(v)))
+            by = y + 3 + i * bar_h
+            name = series[i] if i < len(series) else ""
+            out.append(f'<rect x="{x0:.1f}" y="{by:.1f}" width="{max(x1 - x0, 0.5):.1f}" height="{bar_h - 1:.1f}" class="b{i % 6}">'
+                       f'<title>{escape(label)} {escape(name)}: {v:.3g}{escape(unit)}</title></rect>')
+            out.append(f'<text x="{max(px(v), px(0.0)) + 3:.1f}" y="{by + bar_h - 2:.1f}" class="bv">{v:+.3f}</text>')
+    axis_y = top + len(rows) * BAR_ROW
+    if reference is not None and lo <= reference <= hi:
+        out.append(f'<line x1="{px(reference):.1f}" x2="{px(reference):.1f}" y1="{top}" y2="{axis_y}" class="vl"/>')
+    for v in (lo, (lo + hi) / 2, hi):
+        out.append(f'<text x="{px(v):.1f}" y="{axis_y + 14}" class="xt">{v:.3g}</text>')
+    out.append("</svg>")
+    return Markup("".join(out))
