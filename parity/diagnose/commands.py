@@ -113,6 +113,9 @@ def cmd_diagnose(args) -> int:
         "captures": {"a": str(a), "b_free": str(b), "b_teacher_forced": str(forced)},
     }, indent=1, default=str))
     console.print(f"diagnosis: {out / 'diagnosis.json'}")
+    from parity.report.diagnosis import write_diagnosis_page
+
+    print(f"diagnosis page: {write_diagnosis_page(out / 'diagnosis.json')}")  # plain print: rich would wrap a long path
     return 0
 
 
@@ -149,6 +152,11 @@ def cmd_ablate(args) -> int:
     console.print(view)
     runs = 1 + 2 * len(ablations)
     console.print(f"{runs} runs in {elapsed:.1f} s; attribution: {out / 'attribution.json'}")
+    from parity.report.diagnosis import attribution_answer, write_attribution_page
+
+    page = write_attribution_page(out / "attribution.json")
+    console.print(attribution_answer(table.to_dict()).text, markup=False)
+    print(f"attribution page: {page}")  # plain print: rich would wrap a long path
     return 0
 
 
