@@ -67,8 +67,13 @@ def worker_index(worker_id: str | None) -> int | None:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(slots) -> None:
+def _init_worker(slots, threads: int) -> None:
+    import torch
+
     _WORKER["index"] = slots.get()
+    # CPU reductions depend on the thread count: a worker computes with the parent's, so a split
+    # run gives the same bits as the one-process run.
+    torch.set_num_threads(threads)
 
 
 def _run_case_task(case_path: str, sides, pairs, out_root: str) -> list[dict[str, Any]]:
@@ -99,7 +104,10 @@ def run_cases_parallel(cases, sides, pairs, out_root: Path, workers: int,
     for k in range(workers):
         slots.put(k)
     rows: dict[str, list[dict[str, Any]]] = {}
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(slots,)) as pool:
+    import torch
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(slots, torch.get_num_threads())) as pool:
         futures = {pool.submit(_run_case_task, str(case.path), sides, pairs, str(out_root)): case for case in cases}
         for future in as_completed(futures):
             case = futures[future]
