@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
 import torch
 
 from parity.capture import Capture, StageKey
@@ -75,3 +76,39 @@ def test_renamed_and_unmatched_modules():
     ]
     assert result.first.name_a == "blocks.0.mlp.fc2"
     assert result.unmatched_a == ["only_a"] and result.unmatched_b == ["only_b"]
+
+
+def test_repeated_module_calls_pair_by_occurrence():
+    """A module run several times in one forward (a shared RoPE) pairs k-th call with k-th call."""
+    a = [("rope", torch.ones(2)), ("blocks.0.mlp.fc1", torch.ones(3)), ("rope", torch.full((2,), 5.0))]
+    b = [("rope", torch.ones(2)), ("blocks.0.mlp.fc_in", torch.ones(3)), ("blocks.0.mlp.act", torch.ones(3)),
+         ("rope", torch.full((2,), 5.0))]
+    result = compare_records(StageKey(1, 0, "step.velocity"), a, b, calls=2)
+    assert [(m.name_a, m.name_b, m.matched_by, m.rel_l2) for m in result.modules] == [
+        ("rope", "rope", "name", 0.0), ("blocks.0.mlp.fc1", "blocks.0.mlp.fc_in", "name map", 0.0), ("rope", "rope", "name", 0.0)]
+    assert result.first is None and result.unmatched_a == [] and result.unmatched_b == ["blocks.0.mlp.act"]
+
+
+@pytest.mark.parametrize("text", ["f0/step0.bogus", "nonsense", "f0/noise", "prompt.embedding", "fx/step0.velocity"])
+def test_bad_stage_ids_are_one_line_user_errors(text):
+    from parity.diagnose.drilldown import parse_stage
+    from parity.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        parse_stage(text)
+    assert "\n" not in err.value.one_line()
+
+
+def test_drill_command_rejects_a_bad_stage_with_exit_2(tmp_path, capsys):
+    from parity.cli import main
+
+    assert main(["drill", str(tmp_path), str(tmp_path), "--stage", "f0/step0.bogus"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad stage id" in err[0]
+    assert parse_ok("f3/cache_pass.output") == StageKey(3, None, "cache_pass.output")
+
+
+def parse_ok(text):
+    from parity.diagnose.drilldown import parse_stage
+
+    return parse_stage(text)

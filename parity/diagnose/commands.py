@@ -25,6 +25,15 @@ def add_commands(sub, model_args) -> None:
     model_args(p)
     p.set_defaults(handler=cmd_diagnose)
 
+    p = sub.add_parser("drill", help="rerun one divergent model call of two captures with hooks on every submodule; name the first divergent one")
+    p.add_argument("a", type=Path, help="reference capture (A, reference runner)")
+    p.add_argument("b", type=Path, help="candidate capture (B, reference or FastVideo runner)")
+    p.add_argument("--stage", help="model call to drill into, e.g. f0/step0.velocity (default: the first value divergence)")
+    p.add_argument("--json", type=Path, help="write the drill-down as JSON here")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow snapshot code to run (snapshot-code captures)")
+    p.add_argument("--device", help="cpu, cuda (default: $DEVICE, else cuda when available)")
+    p.set_defaults(handler=cmd_drill)
+
     p = sub.add_parser("ablate", help="apply each known difference alone and stacked on the reference; rank by detail lost")
     p.add_argument("case", type=Path)
     p.add_argument("--only", help="comma-separated ablation names (default: all known)")
@@ -116,6 +125,43 @@ def cmd_diagnose(args) -> int:
     from parity.report.diagnosis import write_diagnosis_page
 
     print(f"diagnosis page: {write_diagnosis_page(out / 'diagnosis.json')}")  # plain print: rich would wrap a long path
+    return 0
+
+
+def cmd_drill(args) -> int:
+    from parity.capture import Capture
+    from parity.cli import _console
+    from parity.compare import compare_captures
+    from parity.diagnose.drilldown import drill_down, parse_stage
+    from parity.environment import default_device
+
+    stage = parse_stage(args.stage) if args.stage else None  # a bad id fails before anything loads
+    for path in (args.a, args.b):
+        if not (path / "manifest.json").is_file():
+            raise UserError("not a capture (no manifest.json)", path)
+    console = _console()
+    if stage is None:
+        first = compare_captures(Capture.open(args.a), Capture.open(args.b)).first_value_divergence
+        if first is None:
+            console.print("no value divergence between the captures; nothing to drill into (pass --stage)")
+            return 0
+        stage = parse_stage(first.key.id)
+    started = time.perf_counter()
+    drill = drill_down(stage, args.a, args.b, args.trust_remote_code, args.device or default_device())
+    elapsed = time.perf_counter() - started
+    worst = max(drill.modules, key=lambda m: m.rel_l2 / m.floor if m.floor else m.rel_l2, default=None)
+    if drill.first:
+        f = drill.first
+        console.print(f"{stage.id}: first divergent submodule [bold]{f.name_a}[/] (B: {f.name_b}, {f.matched_by}) "
+                      f"rel_l2 {f.rel_l2:.3g} max_abs {f.max_abs:.3g} floor {f.floor:.3g}")
+    else:
+        console.print(f"{stage.id}: no submodule beyond its floor"
+                      + (f" (closest: {worst.name_a} rel_l2 {worst.rel_l2:.3g}, floor {worst.floor:.3g})" if worst else ""))
+    console.print(f"{len(drill.modules)} modules matched, unmatched A {len(drill.unmatched_a)}, B {len(drill.unmatched_b)}; "
+                  f"{drill.calls} forward calls per side; {elapsed:.1f} s")
+    if args.json:
+        args.json.write_text(json.dumps(drill.to_dict(), indent=1))
+        console.print(f"drill-down: {args.json}")
     return 0
 
 

@@ -324,6 +324,25 @@ class FastVideoRunner:
         self._write(writer, rec, request, built, generation, prompt, started)
         return request.out_dir
 
+    @contextlib.contextmanager
+    def transformer_session(self, options: dict[str, Any], device: str):
+        """FastVideo's transformer built and staged exactly as `run` builds it (same options, same
+        attention choice, `create_pipeline_stages` applied), for single calls (module drill-down).
+        Yields a `TransformerCalls`; the attention swap is undone on exit."""
+        from parity.fastvideo import import_fastvideo
+
+        opts = self._options(dict(options), None)
+        bundle = self._bundle()
+        import_fastvideo()
+        generation = detect_generation()
+        pin_numerics(device)
+        with _cpu_attention(device, opts["attention"], generation) as attention:
+            built = self._build(bundle, opts, device, generation)
+            pin_numerics(device)
+            no_prompt = SimpleNamespace(text_encoder=None, tokenizer=None)
+            pipe, args = _make_pipeline(built, generation, no_prompt)
+            yield TransformerCalls(built, generation, pipe, args, attention, device)
+
     def _prompt(self, request: RunRequest, bundle: Path, built, device: str):
         import torch
 
@@ -347,7 +366,6 @@ class FastVideoRunner:
     def _execute(self, request: RunRequest, built, generation: Generation, prompt, device: str):
         import torch
 
-        from fastvideo.pipelines.basic.waypoint import WaypointPipeline
         from fastvideo.pipelines.pipeline_batch_info import ForwardBatch
 
         case = request.case
@@ -361,19 +379,7 @@ class FastVideoRunner:
             mouse[0, f] = torch.tensor(c.mouse)
             scroll[0, f, 0] = c.scroll  # raw wheel value: FastVideo takes the sign itself (head)
 
-        pipe = object.__new__(WaypointPipeline)
-        modules = {"transformer": built.model, "vae": built.vae}
-        if prompt.text_encoder is not None:
-            modules.update(text_encoder=prompt.text_encoder, tokenizer=prompt.tokenizer)
-        elif generation.prompt_injection == "extra":
-            # the text stage returns early for prompt=None; the modules only have to exist
-            modules.update(text_encoder=torch.nn.Identity(), tokenizer=object())
-        pipe.modules = modules
-        pipe._stages, pipe._stage_name_mapping = [], {}
-        pipe._streaming_ctx, pipe._vae_cache = None, None
-        pipe.post_init_called = True
-        args = SimpleNamespace(pipeline_config=built.pc, seed=None)
-        pipe.create_pipeline_stages(args)
+        pipe, args = _make_pipeline(built, generation, prompt)
 
         extra = {}
         if prompt.emb is not None:
@@ -478,6 +484,119 @@ class FastVideoRunner:
             "transformer_config": built.config,
             "load_report": built.load_report,
         }
+
+
+def _make_pipeline(built, generation: Generation, prompt):
+    """A `WaypointPipeline` around the built modules, staged by its own `create_pipeline_stages`
+    (which sets the transformer's dtypes: the head keeps `denoise_step_emb` in fp32)."""
+    import torch
+
+    from fastvideo.pipelines.basic.waypoint import WaypointPipeline
+
+    pipe = object.__new__(WaypointPipeline)
+    modules = {"transformer": built.model, "vae": built.vae}
+    if prompt.text_encoder is not None:
+        modules.update(text_encoder=prompt.text_encoder, tokenizer=prompt.tokenizer)
+    elif generation.prompt_injection == "extra":
+        # the text stage returns early for prompt=None; the modules only have to exist
+        modules.update(text_encoder=torch.nn.Identity(), tokenizer=object())
+    pipe.modules = modules
+    pipe._stages, pipe._stage_name_mapping = [], {}
+    pipe._streaming_ctx, pipe._vae_cache = None, None
+    pipe.post_init_called = True
+    args = SimpleNamespace(pipeline_config=built.pc, seed=None)
+    pipe.create_pipeline_stages(args)
+    return pipe, args
+
+
+class TransformerCalls:
+    """Single transformer calls made the way this FastVideo revision's pipeline makes them: its own
+    KV cache (created by its own `streaming_reset`), its own frozen flag, its forward context.
+
+    - `stages` (head): the denoising stage's context and `WaypointKVCache`; `set_frozen(True)`
+      around denoise calls; the cache pass is the stage's own `_cache_pass`.
+    - `streaming` (640e654f3, 2e2375dc8): the pipeline's flat per-layer cache with its shared
+      `frozen_ref`; the cache pass is a call with `update_cache=True` at sigma 0, unfrozen.
+    """
+
+    def __init__(self, built, generation: Generation, pipe, args, attention: str, device: str):
+        self.built, self.generation, self.pipe, self.args = built, generation, pipe, args
+        self.attention, self.device = attention, device
+        self.model = built.model
+        self.owner = None
+        self.ctx = None
+
+    def reset(self, prompt_emb, prompt_pad_mask, frames: int) -> None:
+        """A fresh cache and streaming context, the prompt injected as the runner injects it."""
+        from fastvideo.pipelines.pipeline_batch_info import ForwardBatch
+
+        extra = {"waypoint_prompt_emb": prompt_emb.to(self.device), "waypoint_prompt_pad_mask": prompt_pad_mask.to(self.device)}
+        fields = dict(data_type="t2v", prompt=None, seed=0, num_frames=frames, extra=extra)
+        known = getattr(ForwardBatch, "__dataclass_fields__", fields)
+        batch = ForwardBatch(**{k: v for k, v in fields.items() if k in known})
+        if self.generation.name == "stages":
+            stage = next(s for s in self.pipe.stages if hasattr(s, "_cache_pass"))
+            stage.streaming_reset(batch, self.args)
+            self.owner, self.ctx, self.dtype = stage, stage._streaming_ctx, stage.dtype
+        else:
+            self.pipe.streaming_reset(batch, self.args)
+            ctx = self.pipe._streaming_ctx
+            if self.generation.prompt_injection == "context":
+                ctx.prompt_emb, ctx.prompt_pad_mask = extra["waypoint_prompt_emb"], extra["waypoint_prompt_pad_mask"]
+            self.owner, self.ctx, self.dtype = self.pipe, ctx, next(self.model.parameters()).dtype
+        self.module = sys.modules[type(self.owner).__module__]
+        self.prompt_emb = self.ctx.prompt_emb.to(device=self.device, dtype=self.dtype)
+        self.prompt_pad_mask = self.ctx.prompt_pad_mask.to(self.device) if self.ctx.prompt_pad_mask is not None else None
+
+    def _frozen(self, value: bool) -> None:
+        cache = self.ctx.kv_cache
+        if cache is None:
+            return
+        if hasattr(cache, "set_frozen"):
+            cache.set_frozen(value)
+        else:
+            cache[0]["frozen_ref"][0] = value
+
+    def _context(self, step: int):
+        m = self.module
+        return m.set_forward_context(current_timestep=step, attn_metadata=m.SDPAMetadata(current_timestep=step, attn_mask=None),
+                                     forward_batch=None)
+
+    def _controls(self, controls: dict) -> dict:
+        return {k: controls[k].to(device=self.device, dtype=self.dtype) for k in ("mouse", "button", "scroll")}
+
+    def denoise(self, x, sigma: float, frame: int, step: int, controls: dict):
+        """One denoise call (cache frozen), returns the velocity."""
+        import torch
+
+        self._frozen(True)
+        x = x.to(device=self.device, dtype=self.dtype)
+        with self._context(step):
+            return self.model(x=x, sigma=torch.full((x.shape[0], 1), float(sigma), device=self.device, dtype=self.dtype),
+                              frame_timestamp=torch.full((x.shape[0], 1), frame, device=self.device, dtype=torch.long),
+                              prompt_emb=self.prompt_emb, prompt_pad_mask=self.prompt_pad_mask, kv_cache=self.ctx.kv_cache,
+                              **self._controls(controls))
+
+    def cache_pass(self, x, frame: int, controls: dict):
+        """The sigma = 0 pass that writes this frame's K/V, made as the revision makes it."""
+        import torch
+
+        x = x.to(device=self.device, dtype=self.dtype)
+        ts = torch.full((x.shape[0], 1), frame, device=self.device, dtype=torch.long)
+        c = self._controls(controls)
+        if hasattr(self.owner, "_cache_pass"):
+            self.owner._cache_pass(x, ts, c["mouse"], c["button"], c["scroll"])
+            return
+        if self.ctx.kv_cache is None:
+            return
+        self._frozen(False)
+        try:
+            with self._context(0):
+                self.model(x=x, sigma=torch.zeros((x.shape[0], 1), device=self.device, dtype=self.dtype), frame_timestamp=ts,
+                           prompt_emb=self.prompt_emb, prompt_pad_mask=self.prompt_pad_mask, kv_cache=self.ctx.kv_cache,
+                           update_cache=True, **c)
+        finally:
+            self._frozen(True)
 
 
 def _enc_dtype(pc) -> str:
