@@ -34,6 +34,7 @@ def main() -> int:
     p.add_argument("--checkpoint", type=Path, help="reuse this checkpoint folder")
     p.add_argument("--workdir", type=Path, help="where captures go (default: a temp folder, removed)")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report in step 3")
+    p.add_argument("--repeat", type=int, default=2, help="bare runs in step 1 (full runs: one fewer, alternated)")
     p.add_argument("--no-bare", action="store_true", help="skip step 1 (long rollouts: time and memory of the two sides only)")
     p.add_argument("--json", type=Path, help="write the results here too")
     args = p.parse_args()
@@ -89,12 +90,12 @@ def main() -> int:
     if not args.no_bare:
         reset()
         run("warmup", "upstream", capture="none")
-        for i in (1, 2):
+        for i in range(1, args.repeat + 1):  # bare, full, bare, full, ..., bare: neither side gets the warm slot
             reset()
             _, r = run(f"bare-{i}", "upstream", capture="none")
             results.append(r)
             bare_times.append(r["frame_s"])
-            if i == 2:
+            if i == args.repeat:
                 break
             reset()
             _, r = run(f"full-{i}", "upstream")
