@@ -157,6 +157,14 @@ class TensorInfo:
     stats: dict[str, float]
 
 
+def manifest_value(manifest: dict, dotted: str) -> Any:
+    """`manifest_value(m, "protocol.sigmas")`: a nested manifest field, None where any part is absent."""
+    data: Any = manifest
+    for part in dotted.split("."):
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
+
+
 def tensor_info(t, file: str) -> TensorInfo:
     import torch
 

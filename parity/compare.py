@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from parity.capture import LAYOUTS, Capture, StageKey
+from parity.capture import LAYOUTS, Capture, StageKey, manifest_value
 from parity.metrics import Metrics, compare_arrays, compare_frames
 from parity.tolerances import FAMILIES, Tolerance, Tolerances
 
@@ -181,7 +181,7 @@ class ComparisonResult:
 
 def compare_captures(a: Capture, b: Capture, tolerances: Tolerances | None = None) -> ComparisonResult:
     tolerances = tolerances or Tolerances()
-    config = [ConfigRow(label, _lookup(a.manifest, path), _lookup(b.manifest, path)) for label, path in CONFIG_FIELDS]
+    config = [ConfigRow(label, manifest_value(a.manifest, path), manifest_value(b.manifest, path)) for label, path in CONFIG_FIELDS]
     keys_a = {k.id: k for k in a.keys()}
     keys_b = {k.id: k for k in b.keys()}
     all_keys = sorted({**keys_a, **keys_b}.values(), key=lambda k: k.order)
@@ -227,11 +227,3 @@ def _compare_stage(key: StageKey, a: Capture, b: Capture, in_a: bool, in_b: bool
     if not (finite_ok and result.tolerance.allows(m.rel_l2, m.max_abs)):
         result.status = FAIL
     return result
-
-
-def _lookup(data: dict, dotted: str) -> Any:
-    for part in dotted.split("."):
-        if not isinstance(data, dict) or part not in data:
-            return None
-        data = data[part]
-    return data

@@ -23,7 +23,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from parity.capture import FRAMES_DIR, Capture, CapturePolicy, CaptureWriter, FrameRecorder, StageKey, _json_default, _to_cpu, tensor_info
+from parity.capture import (FRAMES_DIR, Capture, CapturePolicy, CaptureWriter, FrameRecorder, StageKey, _json_default,
+                            _to_cpu, manifest_value, tensor_info)
 from parity.errors import UserError
 
 RESUME_KEYS = ("side", "runner", "options", "case", "seed", "device", "model.weights_sha256", "model.transformer_config",
@@ -43,12 +44,6 @@ def open_writer(run_dir: str | Path, header: dict[str, Any], resume: bool = Fals
 
 def _normal(value: Any) -> Any:
     return json.loads(json.dumps(value, default=_json_default))
-
-
-def _lookup(data: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        data = data.get(part) if isinstance(data, dict) else None
-    return data
 
 
 def _first_difference(a: Any, b: Any, where: str) -> str:
@@ -77,7 +72,7 @@ class ResumeWriter(CaptureWriter):
         verify_capture(cap)
         stored, now = cap.manifest, _normal(header)
         for key in RESUME_KEYS:
-            a, b = _lookup(stored, key), _lookup(now, key)
+            a, b = manifest_value(stored, key), manifest_value(now, key)
             if a != b:
                 raise UserError(f"cannot resume: {_first_difference(a, b, key)}; resume with the same inputs or start a new capture", self.run_dir)
         self.manifest = stored
