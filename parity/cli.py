@@ -238,7 +238,7 @@ def cmd_parity(args) -> int:
     if shard:
         cases = select_shard(cases, shard, lambda c: c.name)
     sides = _side_config(args)
-    pairs_default, fastvideo_note = default_pairs()
+    pairs_default, fastvideo_note = default_pairs(sides.fastvideo_bundle, sides.snapshot)
     notes = []
     if fastvideo_note:
         notes.append(f"FastVideo side skipped: {fastvideo_note}")

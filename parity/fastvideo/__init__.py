@@ -61,6 +61,26 @@ def import_fastvideo():
     return sys.modules["fastvideo"]
 
 
+def sibling_bundle(snapshot) -> Path | None:
+    """The `fastvideo/` bundle that `make-checkpoint --arch waypoint` writes beside its `overworld/`
+    snapshot, used when no bundle is named."""
+    if snapshot is None:
+        return None
+    sp = Path(snapshot)
+    if sp.is_dir() and (sp.parent / "fastvideo" / "model_index.json").is_file():
+        return (sp.parent / "fastvideo").resolve()
+    return None
+
+
+def bundle_status(bundle, snapshot) -> tuple[bool, str]:
+    """(a FastVideo bundle is named or found, why not). Checked before FastVideo is imported, so a
+    suite without a bundle skips the FastVideo pair instead of failing at its first case."""
+    if bundle is not None or sibling_bundle(snapshot) is not None:
+        return True, str(bundle or sibling_bundle(snapshot))
+    return False, ("no FastVideo-layout bundle was given (pass --fastvideo-bundle; "
+                   "`waypoint-parity make-checkpoint --arch waypoint` writes one beside its snapshot)")
+
+
 def fastvideo_status() -> tuple[bool, str]:
     """(usable, where or why not). Imports FastVideo, so a tree that is found but broken is reported here
     rather than halfway through `make parity`."""

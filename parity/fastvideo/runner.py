@@ -142,15 +142,12 @@ class FastVideoRunner:
         if self.bundle_spec is not None:
             path = snap.resolve_snapshot(self.bundle_spec, self.hf_cache_dir)
         else:
-            sibling = None
-            if self.snapshot_spec is not None:
-                sp = Path(self.snapshot_spec)
-                if sp.is_dir() and (sp.parent / "fastvideo" / "model_index.json").is_file():
-                    sibling = sp.parent / "fastvideo"
-            if sibling is None:
+            from parity.fastvideo import sibling_bundle
+
+            path = sibling_bundle(self.snapshot_spec)
+            if path is None:
                 raise UserError("the FastVideo side needs a FastVideo-layout bundle: pass --fastvideo-bundle "
                                 "(a folder with model_index.json, transformer/, vae/)")
-            path = sibling.resolve()
         for rel in ("model_index.json", "transformer/config.json", "vae/config.json"):
             if not (path / rel).is_file():
                 raise UserError(f"not a FastVideo bundle: {rel} is missing", path)
