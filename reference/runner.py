@@ -42,6 +42,10 @@ class LoadedSnapshot:
     tokenizer_dir: Path
     latent_shape: tuple[int, ...] | None = None
     code: dict[str, Any] | None = None
+    no_cache: Any = None
+    """What the model gets as `kv_cache` when `cache_mode = none`: None for snapshot code (its
+    attention skips a missing cache); world_engine's attention always calls `kv_cache.upsert`, so
+    there it is the official script's stand-in cache (`upsert` returns this frame's K/V, no mask)."""
 
 
 CODE_SOURCES = ("snapshot", "world_engine")
@@ -112,7 +116,7 @@ class ReferenceRunner:
         encoder_dir, tokenizer_dir = self._text_encoder_dirs(path)
         return LoadedSnapshot(path, config, parts.model, parts.vae, parts.cache_factory,
                               "no snapshot code runs (model code from world_engine)", report, encoder_dir, tokenizer_dir,
-                              latent_shape=parts.latent_shape, code=parts.code)
+                              latent_shape=parts.latent_shape, code=parts.code, no_cache=parts.no_cache)
 
     def _text_encoder_dirs(self, path: Path) -> tuple[Path, Path]:
         if self.text_encoder is None and (path / "text_encoder").is_dir():
@@ -177,7 +181,7 @@ class ReferenceRunner:
         writer.set("protocol", protocol.describe())
         writer.set("alignment", {"noise": case.alignment.noise, "prompt": case.alignment.prompt, "prompt_source": prompt_source})
 
-        cache = loaded.cache_class(loaded.config, 1, model_dtype) if options.cache_mode == "ring" else None
+        cache = loaded.cache_class(loaded.config, 1, model_dtype) if options.cache_mode == "ring" else loaded.no_cache
         if case.alignment.noise == "native" and options.noise_rule == "global":
             torch.manual_seed(case.seed)
         teacher = None
@@ -247,7 +251,7 @@ class ReferenceRunner:
             if teacher is not None:
                 x = teacher.latent(f, device, model_dtype)
             rec["latent"] = x
-            if cache is not None and options.cache_pass:
+            if cache is not None and options.cache_mode == "ring" and options.cache_pass:
                 cache.set_frozen(False)
                 out = call(x, torch.zeros((), dtype=sigmas.dtype, device=device), f"frame {f}, cache_pass")
                 cache.set_frozen(True)

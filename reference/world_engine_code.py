@@ -223,6 +223,17 @@ def _uncompiled_decode() -> Callable | None:
     return call
 
 
+class NoKVCache:
+    """The official script's stand-in when it finds no `StaticKVCache` (`cache_mode = none`): nothing
+    is stored, each attention sees only the current frame's K/V, unmasked."""
+
+    def set_frozen(self, frozen: bool) -> None:
+        pass
+
+    def upsert(self, k, v, pos_ids, layer_idx):
+        return k, v, None
+
+
 @dataclass
 class WorldEngineParts:
     model: Any
@@ -230,6 +241,7 @@ class WorldEngineParts:
     cache_factory: Callable
     latent_shape: tuple[int, ...]
     code: dict[str, Any]
+    no_cache: Any = None
 
 
 def load_parts(snapshot: Path, config: dict[str, Any], options, device: str, load_weights, read_json):
@@ -275,4 +287,4 @@ def load_parts(snapshot: Path, config: dict[str, Any], options, device: str, loa
             "body (compile/autocast wrappers removed)" if decode_fn else "rule re-stated (wrappers could not be removed)"),
     }
     del we
-    return WorldEngineParts(model, vae, cache_factory, latent_shape(config), code), report
+    return WorldEngineParts(model, vae, cache_factory, latent_shape(config), code, NoKVCache()), report

@@ -277,3 +277,29 @@ def test_fastvideo_runner_rejects_unknown_options():
         FastVideoRunner._options({"model_dtype": "float32"}, None)
     with pytest.raises(UserError, match="strictly descending"):
         FastVideoRunner._options({"sigmas": [1.0, 1.0, 0.0]}, None)
+
+
+def test_readme_flow_runs_every_default_pair(needs_both, tmp_path):
+    """The README's FastVideo flow, as a user types it: make-checkpoint --arch waypoint, then `parity`
+    with world_engine code and the bundle. Every default pair runs (the script profile gets the
+    official script's stand-in cache: world_engine's attention always calls kv_cache.upsert)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    root = Path(__file__).resolve().parent.parent
+
+    def cli(*args):
+        proc = subprocess.run([sys.executable, "-m", "parity", *map(str, args)], env=env, capture_output=True, text=True,
+                              timeout=900, cwd=root)
+        assert proc.returncode in (0, 1), proc.stdout[-2000:] + proc.stderr[-3000:]
+        return proc
+
+    cli("make-checkpoint", "--arch", "waypoint", tmp_path / "wp")
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    (cases / "two.toml").write_text('prompt = "a road"\nseed = 3\nframes = 2\n[controls]\nbuttons = [17]\n')
+    cli("parity", cases, "--code-source", "world_engine", "--snapshot", tmp_path / "wp" / "overworld",
+        "--fastvideo-bundle", tmp_path / "wp" / "fastvideo", "--device", DEVICE, "--out-root", tmp_path / "out")
+    (run,) = (tmp_path / "out").iterdir()
+    index = json.loads((run / "index.json").read_text())
+    assert sorted(e["pair"] for e in index["comparisons"]) == ["upstream-vs-fastvideo", "upstream-vs-script"]
+    script = json.loads((run / index["comparisons"][0]["captures"]["b"] / "manifest.json").read_text())
+    assert script["frames_written"] == 2
