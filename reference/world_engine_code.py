@@ -27,12 +27,12 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from parity.environment import source_commit
 from parity.errors import UserError
 
 SRC_ENV = "WORLD_ENGINE_SRC"
@@ -104,12 +104,9 @@ def world_engine_revision() -> dict[str, Any]:
     path = Path(module.__file__).parent if module is not None and getattr(module, "__file__", None) else None
     info: dict[str, Any] = {"path": str(path) if path else None}
     if path is not None:
-        commit = _git_commit(path)
+        commit = source_commit(tree_roots(path), "WORLD_ENGINE_COMMIT")
         if commit:
             info["commit"] = commit
-        marker = _find_up(path, "WORLD_ENGINE_COMMIT")
-        if marker and "commit" not in info:
-            info["commit"] = marker.read_text().strip()
     try:
         from importlib import metadata
 
@@ -119,19 +116,14 @@ def world_engine_revision() -> dict[str, Any]:
     return info
 
 
-def _find_up(path: Path, name: str) -> Path | None:
-    for parent in (path, *path.parents[:3]):
-        if (parent / name).is_file():
-            return parent / name
-    return None
-
-
-def _git_commit(path: Path) -> str | None:
-    try:
-        out = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
+def tree_roots(package: Path) -> list[Path]:
+    """Where a world_engine checkout's root can be, seen from its package folder: the package folder
+    itself, the folder holding it, and, for the `src/` layout, the folder above `src/`."""
+    package = package.resolve()
+    roots = [package, package.parent]
+    if package.name == "src" or package.parent.name == "src":
+        roots.append(package.parent.parent if package.parent.name == "src" else package.parent)
+    return list(dict.fromkeys(roots))
 
 
 def model_config(config: dict[str, Any]):

@@ -42,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -52,7 +51,7 @@ from typing import Any
 
 from parity import alignment
 from parity.capture import CaptureWriter, Protocol
-from parity.environment import describe_environment, pin_numerics
+from parity.environment import describe_environment, pin_numerics, source_commit
 from parity.errors import UserError
 from parity.runner import RunRequest
 
@@ -103,15 +102,9 @@ def fastvideo_revision() -> dict[str, Any]:
         return info
     root = Path(module.__file__).resolve().parent.parent
     info["path"] = str(root)
-    try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        if out.returncode == 0:
-            info["commit"] = out.stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        pass
-    marker = root / "FASTVIDEO_COMMIT"
-    if "commit" not in info and marker.is_file():
-        info["commit"] = marker.read_text().strip()
+    commit = source_commit([root], "FASTVIDEO_COMMIT")
+    if commit:
+        info["commit"] = commit
     try:
         from importlib import metadata
 
