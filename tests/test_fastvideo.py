@@ -303,3 +303,33 @@ def test_readme_flow_runs_every_default_pair(needs_both, tmp_path):
     assert sorted(e["pair"] for e in index["comparisons"]) == ["upstream-vs-fastvideo", "upstream-vs-script"]
     script = json.loads((run / index["comparisons"][0]["captures"]["b"] / "manifest.json").read_text())
     assert script["frames_written"] == 2
+
+
+def test_fastvideo_attention_compile_is_announced_once_per_dtype():
+    from parity.fastvideo.runner import _NOTICED, attention_notice
+
+    _NOTICED.clear()
+    first = attention_notice("FastVideo default", "bfloat16")
+    assert "compiles and autotunes" in first and "--option attention=sdpa" in first
+    assert attention_notice("FastVideo default", "bfloat16") is None
+    assert attention_notice("FastVideo default", "float32") is not None
+    assert attention_notice("torch SDPA (harness: ...)", "float16") is None
+
+
+def test_fastvideo_model_is_built_on_its_device(arch_ckpt):
+    """FastVideo computes the noise conditioner's frequencies when the model is built; built on the CPU
+    and moved, a CUDA run would use the CPU's logspace (1.25e-5 vs 2.5e-6 on an fp32 latent). Its
+    `create_pipeline_stages` then casts the whole transformer to its dtype before putting the noise
+    embedding back in fp32, so in bf16 the frequencies are bf16-rounded (world_engine keeps them fp32)."""
+    import torch
+
+    from parity.fastvideo.runner import FastVideoRunner
+
+    with FastVideoRunner(bundle=arch_ckpt["bundle"]).transformer_session({}, DEVICE) as calls:
+        freq = getattr(calls.model.denoise_step_emb, "freq", None)
+        if freq is None:
+            pytest.skip("this FastVideo revision keeps no frequency buffer")
+        dtype = next(calls.model.transformer.parameters()).dtype
+        expected = torch.logspace(0, -1, steps=freq.numel(), base=10_000.0, dtype=torch.float32, device=DEVICE)
+        expected = expected.to(dtype).float()
+        assert freq.device == expected.device and torch.equal(freq, expected)

@@ -205,7 +205,10 @@ class FastVideoRunner:
         dit_dtype = PRECISION_TO_TYPE[pc.precision]
         vae_dtype = PRECISION_TO_TYPE[getattr(pc, "vae_precision", "fp32")]
 
-        model = wt.WaypointWorldModel(arch)
+        # Built on its device, as FastVideo's loader materialises it: buffers computed at build time
+        # (the noise conditioner's logspace frequencies) then hold the device's own values.
+        with torch.device(device):
+            model = wt.WaypointWorldModel(arch)
         state = snap.load_safetensors_folder(bundle / "transformer")
         state, renames = _map_names(state, model, arch)
         own = model.state_dict()
@@ -225,6 +228,8 @@ class FastVideoRunner:
                                             "tensors": len(state)})
 
     def _build_vae(self, bundle: Path, generation: Generation, device: str, vae_dtype):
+        import torch
+
         from reference import snapshot as snap
 
         vae_config = snap.read_json(bundle / "vae" / "config.json")
@@ -239,7 +244,8 @@ class FastVideoRunner:
                 if k in vcfg.arch_config.__dataclass_fields__:
                     setattr(vcfg.arch_config, k, tuple(v) if isinstance(v, list) else v)
             vcfg.arch_config.__post_init__()
-            vae = WorldEngineVAE(vcfg)
+            with torch.device(device):
+                vae = WorldEngineVAE(vcfg)
             snap.load_weights(vae, bundle / "vae", True, "VAE")
             info = {"class": "fastvideo WorldEngineVAE (native)", "config": vae_config}
         else:
@@ -255,7 +261,8 @@ class FastVideoRunner:
             from world_engine.ae_nn import AutoEncoder
 
             enc, dec = wec.vae_configs(vae_config, bundle / "vae" / "config.json")
-            ae = AutoEncoder(enc, dec)
+            with torch.device(device):
+                ae = AutoEncoder(enc, dec)
             snap.load_weights(ae, bundle / "vae", True, "VAE")
             vae = wec.WorldEngineDecoder(ae, wec._uncompiled_decode())
             vae.config = SimpleNamespace(scaling_factor=vae_config.get("scaling_factor", 1.0),
@@ -284,6 +291,9 @@ class FastVideoRunner:
         with _cpu_attention(device, opts["attention"], generation) as attention:
             built = self._build(bundle, opts, device, generation)
             pin_numerics(device)
+            notice = attention_notice(attention, _model_dtype(built.model))
+            if notice:
+                print(notice, file=sys.stderr, flush=True)
             prompt = self._prompt(request, bundle, built, device)
             writer = CaptureWriter(request.out_dir, {
                 "side": request.side,
@@ -634,6 +644,19 @@ def _map_names(state: dict, model, arch) -> tuple[dict, dict]:
         renamed += new != k
         out[new] = v
     return out, {"param_names_mapping": mapping, "tensors_renamed": renamed}
+
+
+_NOTICED: set[str] = set()
+
+
+def attention_notice(attention: str, dtype: str) -> str | None:
+    """Said once per process and dtype when FastVideo's own attention runs: its compiled flex attention
+    compiles and autotunes on the first run per dtype, which looks like a hang."""
+    if attention != "FastVideo default" or dtype in _NOTICED:
+        return None
+    _NOTICED.add(dtype)
+    return (f"FastVideo side: its default attention (compiled flex attention) compiles and autotunes on the first "
+            f"run in {dtype}, which can take 1-3 minutes; `--option attention=sdpa` runs FastVideo's torch SDPA path instead")
 
 
 @contextlib.contextmanager
