@@ -333,3 +333,37 @@ def test_fastvideo_model_is_built_on_its_device(arch_ckpt):
         expected = torch.logspace(0, -1, steps=freq.numel(), base=10_000.0, dtype=torch.float32, device=DEVICE)
         expected = expected.to(dtype).float()
         assert freq.device == expected.device and torch.equal(freq, expected)
+
+
+def test_real_size_matches_fastvideos_defaults_and_builds_on_meta(needs_both):
+    """FastVideo's WaypointArchConfig / WorldEngineVAEArchConfig defaults are Waypoint-1-Small's; the real
+    size must equal them, and both model classes must build at that size (on the meta device: no weights)."""
+    import torch
+
+    from parity.fastvideo import import_fastvideo
+    from parity.tiny.waypoint_arch import configs
+    from reference.world_engine_code import import_world_engine, model_config
+
+    transformer, vae, _ = configs("real")
+    import_fastvideo()
+    from fastvideo.configs.models.dits.waypoint_transformer import WaypointArchConfig
+
+    defaults = WaypointArchConfig()
+    differs = {k: (v, getattr(defaults, k)) for k, v in transformer.items()
+               if hasattr(defaults, k) and k != "patch" and getattr(defaults, k) != v}
+    assert not differs
+    try:
+        from fastvideo.configs.models.vaes import WorldEngineVAEConfig
+
+        vdef = WorldEngineVAEConfig().arch_config
+        assert {k: v for k, v in vae.items() if (tuple(v) if isinstance(v, list) else v) != getattr(vdef, k)} == {}
+    except ImportError:
+        pass  # older revisions have no native VAE config
+    import_world_engine()
+    from world_engine.model import WorldModel
+
+    with torch.device("meta"):
+        model = WorldModel(model_config(transformer))
+    n = sum(p.numel() for p in model.parameters())
+    print(f"real-size world_engine WorldModel: {n / 1e9:.2f} B parameters")
+    assert 1.5e9 < n < 3e9
