@@ -27,6 +27,7 @@ from reference import snapshot as snap
 from reference import checks
 from reference.options import ReferenceOptions, resolve_options
 from reference.prompt import ENCODER_CLASSES, encode_prompt
+from reference.world_engine_code import setup_summary
 
 
 @dataclass
@@ -72,6 +73,9 @@ class ReferenceRunner:
         path = snap.resolve_snapshot(self.snapshot_spec, self.hf_cache_dir)
         if self.code_source == "world_engine":
             return self._load_world_engine(path, options, device)
+        if options.world_engine_setup != "none":
+            raise UserError("option 'world_engine_setup' needs --code-source world_engine (the snapshot's own code has no "
+                            "world_engine inference setup)", path)
         snap.check_layout(path)
         trust = snap.require_trust(path, self.trust_remote_code)
         config = snap.read_json(path / "transformer" / "config.json")
@@ -164,6 +168,7 @@ class ReferenceRunner:
             "device": device,
             "environment": describe_environment(device),
             "model": self._model_block(loaded, options),
+            "setup": setup_summary(self.code_source, options),
         }, policy=CapturePolicy.parse(request.capture), background=device.startswith("cuda"))
         started = time.perf_counter()
         writer.record_prompt(emb, pad_mask)
@@ -190,7 +195,9 @@ class ReferenceRunner:
 
             teacher = TeacherInputs.open(request.teacher, case.frames)
             writer.set("teacher_forced", {"teacher": str(request.teacher), "steps": teacher.steps})
-        if options.compile_mode != "none":
+        if options.world_engine_setup == "inference":
+            loaded.model = torch.compile(loaded.model, fullgraph=True, mode="max-autotune", dynamic=False)
+        elif options.compile_mode != "none":
             loaded.model = torch.compile(loaded.model, mode=options.compile_mode)
         frame_times: list[float] = []
         try:

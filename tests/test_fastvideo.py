@@ -367,3 +367,28 @@ def test_real_size_matches_fastvideos_defaults_and_builds_on_meta(needs_both):
     n = sum(p.numel() for p in model.parameters())
     print(f"real-size world_engine WorldModel: {n / 1e9:.2f} B parameters")
     assert 1.5e9 < n < 3e9
+
+
+def test_world_engine_inference_patches_are_applied_recorded_and_diffed(arch_ckpt, case_file, upstream, tmp_path):
+    """`world_engine_setup = patches`: world_engine's own apply_inference_patches (bf16 lookup tables,
+    merged QKV, split MLP fusion) and baked VAE weight norm; the manifest says so and the config diff
+    names the setup of each side. Same math in another op order: within bf16 tolerances of the plain model."""
+    from parity.case import load_case
+    from parity.capture import Capture
+    from parity.runner import RunRequest
+    from reference.runner import ReferenceRunner
+
+    runner = ReferenceRunner(arch_ckpt["snapshot"], code_source="world_engine")
+    out = runner.run(RunRequest(load_case(case_file), "upstream", tmp_path / "patched", DEVICE, {"world_engine_setup": "patches"}))
+    cap = Capture.open(out)
+    assert "apply_inference_patches" in cap.manifest["model"]["code"]["transformer"]
+    assert "weight norm baked" in cap.manifest["model"]["code"]["vae"]
+    result = _compare(upstream["bf16"], out, BF16_TOLERANCES)
+    rows = {r.field: (r.a, r.b) for r in result.config if r.differs}
+    assert rows["inference setup"][0].startswith("world_engine setup none")
+    assert rows["inference setup"][1].startswith("world_engine setup patches")
+    worst = _worst(result)
+    print("plain vs patched world_engine, worst rel_l2:", worst)
+    assert worst["step.velocity"] < 0.03 and worst["latent"] < 0.03
+    with pytest.raises(UserError, match="needs model_dtype and sigma_dtype bfloat16"):
+        runner.run(RunRequest(load_case(case_file), "upstream", tmp_path / "fp32", DEVICE, {**FP32, "world_engine_setup": "patches"}))

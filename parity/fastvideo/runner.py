@@ -304,6 +304,7 @@ class FastVideoRunner:
                 "device": device,
                 "environment": describe_environment(device),
                 "model": self._model_block(bundle, built),
+                "setup": _setup_block(built, attention),
                 "fastvideo": {**fastvideo_revision(), "generation": generation.name,
                               "pipeline_config": {**built.resolved, "scheduler_sigmas": list(built.pc.scheduler_sigmas),
                                                   "precision": built.pc.precision,
@@ -644,6 +645,16 @@ def _map_names(state: dict, model, arch) -> tuple[dict, dict]:
         renamed += new != k
         out[new] = v
     return out, {"param_names_mapping": mapping, "tensors_renamed": renamed}
+
+
+def _setup_block(built, attention: str) -> dict[str, Any]:
+    """How this side's modules were loaded and run, as the config diff shows it (`setup.summary`)."""
+    loader = getattr(built, "loader", None) or "harness direct build (WaypointWorldModel(arch), strict load)"
+    compile_ = getattr(built, "compile", None) or "none"
+    dtypes = getattr(built, "module_dtypes", None) or {"transformer": _model_dtype(built.model),
+                                                      "vae": _dtype_name(next(built.vae.parameters()).dtype)}
+    return {"summary": f"FastVideo {loader}; compile {compile_}; attention {attention}",
+            "loader": loader, "compile": compile_, "attention": attention, "module_dtypes": dtypes}
 
 
 _NOTICED: set[str] = set()
