@@ -271,9 +271,9 @@ def test_streaming_revisions_name_their_differences(fastvideo_runs, upstream):
 
 
 def test_fastvideo_runner_rejects_unknown_options():
-    from parity.fastvideo.runner import FastVideoRunner
+    from parity.fastvideo.options import parse_options
 
     with pytest.raises(UserError, match="unknown FastVideo option 'model_dtype'"):
-        FastVideoRunner._options({"model_dtype": "float32"}, None)
+        parse_options({"model_dtype": "float32"}, None)
     with pytest.raises(UserError, match="strictly descending"):
-        FastVideoRunner._options({"sigmas": [1.0, 1.0, 0.0]}, None)
+        parse_options({"sigmas": [1.0, 1.0, 0.0]}, None)
