@@ -139,21 +139,11 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", help="cpu, cuda, cuda:1 (default: $DEVICE, else cuda when available)")
 
 
-def _side_config(args):
-    from parity.environment import default_device
-    from parity.suite import SideConfig
-    from parity.tiny import ensure_checkpoint
-
-    snapshot = args.snapshot or ensure_checkpoint()
-    return SideConfig(snapshot=snapshot, trust_remote_code=args.trust_remote_code, text_encoder=args.text_encoder,
-                      hf_cache_dir=args.hf_cache_dir, fastvideo_bundle=args.fastvideo_bundle, code_source=args.code_source,
-                      device=args.device or default_device())
-
-
 def cmd_run(args) -> int:
     from parity.capture import CapturePolicy
     from parity.case import load_case
     from parity.runner import RunRequest
+    from parity.suite import SideConfig
     from reference.options import parse_cli_override
 
     case = load_case(args.case)
@@ -161,7 +151,7 @@ def cmd_run(args) -> int:
     overrides = dict(parse_cli_override(text) for text in args.option)
     if args.resume and args.side == "fastvideo":
         raise UserError("--resume applies to reference sides (upstream, script) only")
-    sides = _side_config(args)
+    sides = SideConfig.from_args(args)
     out = sides.runner(args.side).run(RunRequest(case, args.side, args.out, sides.device, overrides, args.prompt_from,
                                                       resume=args.resume, max_capture_bytes=args.max_capture_bytes,
                                                       capture=args.capture))
@@ -191,14 +181,14 @@ def _tolerances(args, a):
 def cmd_compare(args) -> int:
     from parity.capture import Capture
     from parity.compare import compare_captures
-    from parity.output import SUMMARY, print_result, write_outputs
+    from parity.output import SUMMARY, console, print_result, write_outputs
 
     a, b = Capture.open(args.a), Capture.open(args.b)
     tolerances = _tolerances(args, a)
     if args.out and (args.out / SUMMARY).exists():
         raise UserError("already holds a comparison; choose another --out", args.out)
     result = compare_captures(a, b, tolerances)
-    print_result(result, _console())
+    print_result(result, console())
     if args.out:
         paths = write_outputs(result, args.out)
         print(f"summary: {paths['summary']}")
@@ -225,9 +215,10 @@ def cmd_parity(args) -> int:
     from datetime import datetime
 
     from parity.case import load_case
+    from parity.output import console as make_console
     from parity.output import print_result
     from parity.report import write_report, write_run_index
-    from parity.suite import CaseRunner, default_pairs, new_run_folder, write_index
+    from parity.suite import CaseRunner, SideConfig, default_pairs, new_run_folder, write_index
 
     from parity.shard import parse_shard, select_shard
 
@@ -238,13 +229,13 @@ def cmd_parity(args) -> int:
     cases = [load_case(f) for f in files]  # every case is validated before anything runs
     if shard:
         cases = select_shard(cases, shard, lambda c: c.name)
-    sides = _side_config(args)
+    sides = SideConfig.from_args(args)
     pairs_default, fastvideo_note = default_pairs(sides.fastvideo_bundle, sides.snapshot)
     notes = []
     if fastvideo_note:
         notes.append(f"FastVideo side skipped: {fastvideo_note}")
     out_root = new_run_folder(args.out_root, datetime.now().strftime("%Y%m%d-%H%M%S"))
-    console = _console()
+    console = make_console()
     console.print(f"model: {sides.snapshot} on {sides.device}")
     for note in notes:
         console.print(f"[yellow]{note}[/]")
@@ -347,10 +338,3 @@ def cmd_make_checkpoint(args) -> int:
     if args.hf_cache:
         print(f"use it offline with HF_HUB_CACHE={args.dir} and --snapshot {args.repo_id}")
     return 0
-
-
-def _console():
-    from rich.console import Console
-
-    # CI logs are not terminals; a fixed width keeps tables readable there instead of 80 columns.
-    return Console(width=None if sys.stdout.isatty() else 160)

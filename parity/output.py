@@ -13,6 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from parity.compare import ComparisonResult, StageResult
+
+
+def console():
+    """The rich console every command prints to."""
+    import sys
+
+    from rich.console import Console
+
+    # CI logs are not terminals; a fixed width keeps tables readable there instead of 80 columns.
+    return Console(width=None if sys.stdout.isatty() else 160)
 from parity.metrics import PSNR_DATA_RANGE, SSIM_PARAMS
 
 SUMMARY = "summary.json"

@@ -38,6 +38,17 @@ class SideConfig:
     code_source: str = "snapshot"
     """Reference sides: `snapshot` (its own .py files) or `world_engine` (see reference.world_engine_code)."""
 
+    @classmethod
+    def from_args(cls, args) -> "SideConfig":
+        """From the command line's side options (`--snapshot`, `--device`, ...); the tiny checkpoint
+        when no snapshot is named."""
+        from parity.environment import default_device
+        from parity.tiny import ensure_checkpoint
+
+        return cls(snapshot=args.snapshot or ensure_checkpoint(), trust_remote_code=args.trust_remote_code,
+                   text_encoder=args.text_encoder, hf_cache_dir=args.hf_cache_dir, fastvideo_bundle=args.fastvideo_bundle,
+                   code_source=args.code_source, device=args.device or default_device())
+
     def runner(self, side: str) -> Runner:
         if side in ("upstream", "script"):
             from reference.runner import ReferenceRunner

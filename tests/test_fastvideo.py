@@ -195,14 +195,17 @@ def test_upstream_rings_wrap_and_history_matters(upstream):
     assert cap.manifest["frames_written"] == 20
 
 
-def test_fastvideo_status_reports_the_adapter(needs_both):
+def test_fastvideo_status_reports_the_adapter(arch_ckpt, tmp_path):
     from parity.fastvideo import fastvideo_status
     from parity.suite import default_pairs
 
     ok, where = fastvideo_status()
     assert ok, where
-    pairs, note = default_pairs()
-    assert note is None and any(p.b == "fastvideo" for p in pairs)
+    for bundle in (arch_ckpt["bundle"], None):  # named, or the sibling of the snapshot
+        pairs, note = default_pairs(bundle, arch_ckpt["snapshot"])
+        assert note is None and any(p.b == "fastvideo" for p in pairs)
+    pairs, note = default_pairs(None, tmp_path)
+    assert "no FastVideo-layout bundle" in note and not any(p.b == "fastvideo" for p in pairs)
 
 
 def test_stage_pipeline_matches_upstream_in_fp32(fastvideo_runs, upstream):
@@ -271,12 +274,12 @@ def test_streaming_revisions_name_their_differences(fastvideo_runs, upstream):
 
 
 def test_fastvideo_runner_rejects_unknown_options():
-    from parity.fastvideo.runner import FastVideoRunner
+    from parity.fastvideo.options import parse_options
 
     with pytest.raises(UserError, match="unknown FastVideo option 'model_dtype'"):
-        FastVideoRunner._options({"model_dtype": "float32"}, None)
+        parse_options({"model_dtype": "float32"}, None)
     with pytest.raises(UserError, match="strictly descending"):
-        FastVideoRunner._options({"sigmas": [1.0, 1.0, 0.0]}, None)
+        parse_options({"sigmas": [1.0, 1.0, 0.0]}, None)
 
 
 def test_readme_flow_runs_every_default_pair(needs_both, tmp_path):
@@ -306,7 +309,7 @@ def test_readme_flow_runs_every_default_pair(needs_both, tmp_path):
 
 
 def test_fastvideo_attention_compile_is_announced_once_per_dtype():
-    from parity.fastvideo.runner import _NOTICED, attention_notice
+    from parity.fastvideo.build import _NOTICED, attention_notice
 
     _NOTICED.clear()
     first = attention_notice("FastVideo default", "bfloat16")

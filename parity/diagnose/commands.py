@@ -54,13 +54,14 @@ def add_commands(sub, model_args) -> None:
 
 def _setup(args, kind: str):
     from parity.case import load_case
-    from parity.cli import _console, _side_config
+    from parity.output import console
+    from parity.suite import SideConfig
     from parity.suite import new_run_folder
 
     case = load_case(args.case)
-    sides = _side_config(args)
+    sides = SideConfig.from_args(args)
     out = new_run_folder(args.out_root, f"{kind}-{case.name}-" + datetime.now().strftime("%Y%m%d-%H%M%S"))
-    return case, sides, out, _console()
+    return case, sides, out, console()
 
 
 def cmd_diagnose(args) -> int:
@@ -130,7 +131,7 @@ def cmd_diagnose(args) -> int:
 
 def cmd_drill(args) -> int:
     from parity.capture import Capture
-    from parity.cli import _console
+    from parity.output import console
     from parity.compare import compare_captures
     from parity.diagnose.drilldown import drill_down, parse_stage
     from parity.environment import default_device
@@ -139,7 +140,7 @@ def cmd_drill(args) -> int:
     for path in (args.a, args.b):
         if not (path / "manifest.json").is_file():
             raise UserError("not a capture (no manifest.json)", path)
-    console = _console()
+    console = console()
     if stage is None:
         first = compare_captures(Capture.open(args.a), Capture.open(args.b)).first_value_divergence
         if first is None:

@@ -30,11 +30,12 @@ from typing import Any
 import numpy as np
 
 from parity.capture import Capture, StageKey
-from parity.compare import FAIL, PASS, ComparisonResult, StageResult
+from parity.compare import FAIL, ComparisonResult, StageResult
 from parity.errors import UserError
 from parity.metrics import HF_CUTOFF, PSNR_DATA_RANGE, SSIM_PARAMS, high_frequency_share, laplacian_variance
-from parity.report import images
+import parity.report.images as images
 from parity.report.svg import Series, line_chart
+from parity.report.templating import environment, family_page, stage_anchor
 
 REPORT_MARKER = "report.json"
 REPORT_SCHEMA = "waypoint-parity/report"
@@ -121,7 +122,7 @@ def write_report(result: ComparisonResult, out_dir: str | Path, *, run_index: Pa
     `attribution` / `diagnosis`: an attribution.json (`ablate`) / diagnosis.json (`diagnose`); their
     pages are rendered into the report (beside a copy of the JSON) and their one-line answers
     shown on the overview."""
-    from parity.report import diagnosis as diag
+    import parity.report.diagnosis as diag
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -171,7 +172,7 @@ def write_report(result: ComparisonResult, out_dir: str | Path, *, run_index: Pa
                             if extra[name]],
         **answers,
     }
-    env = _environment()
+    env = environment()
     _diagnosis_pages(out_dir, extra, ctx)
     _write(out_dir / "index.html", env.get_template("overview.html").render(page="overview", **ctx))
     _write(out_dir / "blur.html", env.get_template("blur.html").render(page="blur", charts=_blur_charts(art.rows, result), **ctx))
@@ -203,7 +204,7 @@ def write_run_index(out_root: str | Path, entries: list[dict[str, Any]], notes: 
                      "first_value": r.first_value_divergence.explain() if r.first_value_divergence else None,
                      "frame": r.first_divergent_frame, "href": os.path.relpath(e["report"], out_root),
                      "test_model": bool((r.a.manifest.get("model") or {}).get("test_model"))})
-    html = _environment().get_template("run_index.html").render(
+    html = environment().get_template("run_index.html").render(
         page="run", title=f"parity run {out_root.name}", rows=rows, notes=list(notes),
         passed=sum(r["passed"] for r in rows), test_model=any(r["test_model"] for r in rows))
     path = out_root / "index.html"
@@ -214,7 +215,7 @@ def write_run_index(out_root: str | Path, entries: list[dict[str, Any]], notes: 
 def _diagnosis_pages(out_dir: Path, extra: dict[str, Any], ctx: dict[str, Any]) -> None:
     """attribution.html / diagnosis.html inside the report, rendered from a copy of their JSON (and
     attribution.csv) so the report stays self-contained; stale copies of an earlier rendering go."""
-    from parity.report import diagnosis as diag
+    import parity.report.diagnosis as diag
 
     copies = {"attribution": ("attribution.json", "attribution.csv", diag.ATTRIBUTION_PAGE),
               "diagnosis": ("diagnosis.json", diag.DIAGNOSIS_PAGE)}
@@ -434,15 +435,6 @@ def _family_entry(fam) -> dict[str, Any]:
             "page": family_page(fam.family)}
 
 
-def family_page(family: str) -> str:
-    return f"stage-{family}.html"
-
-
-def stage_anchor(stage_id: str) -> str:
-    """`f3/step2.velocity` -> `f3-step2.velocity` (a valid id and file name)."""
-    return stage_id.replace("/", "-")
-
-
 # ---- manifest blocks ----------------------------------------------------------------------------
 
 
@@ -490,38 +482,11 @@ def fmt_value(value: Any) -> str:
     return str(value)
 
 
-def fmt_num(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return f"{value:.{digits}g}"
-    return str(value)
-
-
 def _f(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
 # ---- templates ----------------------------------------------------------------------------------
-
-_ENV = None
-
-
-def _environment():
-    global _ENV
-    if _ENV is None:
-        from jinja2 import Environment, PackageLoader, StrictUndefined
-
-        _ENV = Environment(loader=PackageLoader("parity.report", "templates"), autoescape=True,
-                           undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-        _ENV.filters["num"] = fmt_num
-        _ENV.globals.update(PASS=PASS, FAIL=FAIL, family_page=family_page, stage_anchor=stage_anchor)
-    return _ENV
-
 
 def _write(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8")

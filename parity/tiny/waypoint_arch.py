@@ -149,7 +149,7 @@ def available_builder() -> tuple[str, str]:
     ok, where = world_engine_status()
     if ok:
         return "world_engine", where
-    from parity.fastvideo import fastvideo_src_status
+    from parity.fastvideo.source import fastvideo_src_status
 
     ok_fv, where_fv = fastvideo_src_status()
     if ok_fv:
@@ -224,8 +224,7 @@ def _build_states(builder: str, seed: int, size: str = "tiny", device: str = "cp
         provenance = {"builder": "world_engine", "transformer_class": "world_engine.model.WorldModel",
                       "vae_class": "world_engine.ae_nn.AutoEncoder", "code": world_engine_revision()}
     elif builder == "fastvideo":
-        from parity.fastvideo import import_fastvideo
-        from parity.fastvideo.runner import fastvideo_revision
+        from parity.fastvideo.source import fastvideo_revision, import_fastvideo
 
         import_fastvideo()
         import fastvideo.models.dits.waypoint_transformer as wt
