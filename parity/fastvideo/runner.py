@@ -53,6 +53,7 @@ from parity.fastvideo.build import attention_notice, build_modules, cpu_attentio
 from parity.fastvideo.calls import TransformerCalls
 from parity.fastvideo.generation import Generation, detect_generation
 from parity.fastvideo.hooks import Recorder
+from parity.fastvideo.loaders import load_with_fastvideo, loaded_text_stage, use_fastvideo_loader
 from parity.fastvideo.options import parse_options
 from parity.fastvideo.prompt import prepare_prompt
 from parity.fastvideo.source import fastvideo_revision, import_fastvideo
@@ -85,12 +86,17 @@ class FastVideoRunner:
         pin_numerics(device)  # older FastVideo turns TF32 on at import
 
         with cpu_attention(device, opts["attention"], generation) as attention:
-            built = build_modules(bundle, opts, device, generation)
+            use_loader, why = use_fastvideo_loader(opts, device, generation)
+            built = load_with_fastvideo(bundle, opts, device, generation) if use_loader else build_modules(bundle, opts, device, generation)
+            built.loader_choice = why
             pin_numerics(device)
             notice = attention_notice(attention, model_dtype(built.model))
             if notice:
                 print(notice, file=sys.stderr, flush=True)
-            prompt = prepare_prompt(request, bundle, built, device)
+            if use_loader and request.prompt_from is None:
+                prompt = loaded_text_stage(built)
+            else:
+                prompt = prepare_prompt(request, bundle, built, device)
             writer = CaptureWriter(request.out_dir, {
                 "side": request.side,
                 "runner": {"name": self.name, "generation": generation.name},

@@ -123,5 +123,9 @@ def setup_block(built, attention: str) -> dict[str, Any]:
     compile_ = getattr(built, "compile", None) or "none"
     dtypes = getattr(built, "module_dtypes", None) or {"transformer": model_dtype(built.model),
                                                       "vae": dtype_name(next(built.vae.parameters()).dtype)}
-    return {"summary": f"FastVideo {loader}; compile {compile_}; attention {attention}",
-            "loader": loader, "compile": compile_, "attention": attention, "module_dtypes": dtypes}
+    if attention == "FastVideo default" and getattr(built, "attention_detail", None):
+        attention = f"FastVideo default: {built.attention_detail}"
+    short = "FastVideo's own loader" if getattr(built, "pipe", None) is not None else "harness direct build"
+    return {"summary": f"{short}; compile {compile_}; attention {attention}",
+            "loader": loader, "loader_choice": getattr(built, "loader_choice", None), "compile": compile_,
+            "attention": attention, "module_dtypes": dtypes, "offload": getattr(built, "offload", None)}
