@@ -43,6 +43,11 @@ def main() -> int:
     p.add_argument("--bare-frames", type=int, default=40)
     p.add_argument("--skip", default="", help="comma-separated step names to leave out")
     p.add_argument("--device", default="cuda")
+    p.add_argument("--up-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="upstream option for every upstream run, e.g. compile_mode=default (eager world_engine runs "
+                        "flex attention unfused: ~1.6 s a frame at the real size on an H200)")
+    p.add_argument("--fv-long-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="FastVideo option for the long run and the cost step, e.g. offload=off")
     p.add_argument("--size", default="real", choices=("tiny", "real"), help="tiny: a CPU smoke test of this script")
     args = p.parse_args()
 
@@ -80,6 +85,11 @@ def main() -> int:
         return wrap
 
     ckpt = args.checkpoint or args.out / "ckpt"
+    from reference.options import parse_cli_override
+
+    up_opts = dict(parse_cli_override(t) for t in args.up_opt)
+    fv_long = dict(parse_cli_override(t) for t in args.fv_long_opt)
+    summary.update(upstream_options=up_opts, fastvideo_long_options=fv_long)
 
     @step("checkpoint")
     def _():
@@ -163,7 +173,7 @@ def main() -> int:
     @step("parity_full")
     def _():
         _reset_peak(device)
-        up, a = upstream("up-full", args.full)
+        up, a = upstream("up-full", args.full, options=up_opts)
         peaks["upstream"] = _peak(device)
         _reset_peak(device)
         fv, b = fastvideo("fv-full", args.full, up)
@@ -173,21 +183,13 @@ def main() -> int:
     @step("parity_long")
     def _():
         _reset_peak(device)
-        up, a = upstream("up-long", args.frames, capture=f"every:{args.every}")
-        fv, b = fastvideo("fv-long", args.frames, up)
+        up, a = upstream("up-long", args.frames, capture=f"every:{args.every}", options=up_opts)
+        fv, b = fastvideo("fv-long", args.frames, up, options=fv_long)
         peaks["two_sided"] = _peak(device)  # nothing freed by hand between sides
         c = compare(up, fv, "cmp-long")
         gen = a["generation_s"] + (b["generation_s"] or 0)
         c["compare_plus_report_over_generation"] = round((c["compare_s"] + c["report_s"]) / gen, 4) if gen else None
         return {"upstream": a, "fastvideo": b, "compare": c}
-
-    @step("upstream_cost")
-    def _():
-        return upstream_cost(snapshot, case, device, args.bare_frames, args.alternate, args.out, compile_mode="none")
-
-    @step("fastvideo_cost")
-    def _():
-        return fastvideo_cost(bundle, case, device, args.bare_frames)
 
     @step("memory")
     def _():
@@ -197,7 +199,15 @@ def main() -> int:
 
     @step("upstream_cost_compiled")
     def _():
-        return upstream_cost(snapshot, case, device, args.bare_frames, 0, args.out, compile_mode="default")
+        return upstream_cost(snapshot, case, device, args.bare_frames, args.alternate, args.out, compile_mode="default")
+
+    @step("fastvideo_cost")
+    def _():
+        return fastvideo_cost(bundle, case, device, args.bare_frames, fv_long)
+
+    @step("upstream_cost")
+    def _():
+        return upstream_cost(snapshot, case, device, args.bare_frames, args.alternate, args.out, compile_mode="none")
 
     print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "trace"} for k, v in summary["steps"].items()}, indent=1, default=str)[-6000:])
     return 0
@@ -339,7 +349,7 @@ def upstream_cost(snapshot, case, device, bare_frames, alternate, out, compile_m
     return result
 
 
-def fastvideo_cost(bundle, case, device, frames):
+def fastvideo_cost(bundle, case, device, frames, options=None):
     """FastVideo's own stage loop over its loaded pipeline: bare, then with the harness's recorder hooks."""
     import torch
 
@@ -353,7 +363,7 @@ def fastvideo_cost(bundle, case, device, frames):
 
     import_fastvideo()
     generation = detect_generation()
-    opts = parse_options({}, None)
+    opts = parse_options(dict(options or {}), None)
     from parity.fastvideo.build import build_modules, make_pipeline
     from types import SimpleNamespace
 

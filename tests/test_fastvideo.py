@@ -427,3 +427,27 @@ def test_cuda_runs_go_through_fastvideos_own_loader(fastvideo_runs):
         assert setup["module_dtypes"]["transformer"] == {"fp32": "float32", "bf16": "bfloat16"}[precision]
         assert setup["module_dtypes"]["transformer.denoise_step_emb"] == "float32"
         assert setup["attention"].startswith("FastVideo default")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not DEVICE.startswith("cuda"), reason="the real size is a GPU run (set WAYPOINT_PARITY_TEST_DEVICE=cuda)")
+def test_real_size_upstream_vs_fastvideo_on_the_gpu(needs_both, tmp_path):
+    """Waypoint-1-Small's dimensions (random weights drawn on the GPU), upstream (world_engine, compiled)
+    vs FastVideo (its own loader and attention), bf16, shared noise and prompt, 4 frames: the two
+    implementations agree within the bf16 bounds used at the tiny size."""
+    from parity.case import load_case
+    from parity.runner import RunRequest
+    from parity.tiny.waypoint_arch import make_waypoint_checkpoint
+    from reference.runner import ReferenceRunner
+
+    paths = make_waypoint_checkpoint(tmp_path / "real", size="real", device=DEVICE)
+    case_path = tmp_path / "real4.toml"
+    case_path.write_text(textwrap.dedent(CASE).replace("frames = 20", "frames = 4").replace("frames = [5, 12]", "frames = [2, 4]"))
+    up = ReferenceRunner(paths["snapshot"], code_source="world_engine").run(
+        RunRequest(load_case(case_path), "upstream", tmp_path / "up", DEVICE, {"compile_mode": "default"}))
+    fv = _run_fastvideo(None, "bf16", paths, case_path, up, tmp_path / "fv")
+    result = _compare(up, fv, BF16_TOLERANCES)
+    print("real size bf16 worst rel_l2:", _worst(result))
+    setup = json.loads((fv / "manifest.json").read_text())["setup"]
+    assert setup["summary"].startswith("FastVideo's own loader")
+    assert result.first_value_divergence is None, result.first_value_divergence.explanation
