@@ -176,7 +176,10 @@ def main() -> int:
         up, a = upstream("up-full", args.full, options=up_opts)
         peaks["upstream"] = _peak(device)
         _reset_peak(device)
-        fv, b = fastvideo("fv-full", args.full, up)
+        try:
+            fv, b = fastvideo("fv-full", args.full, up)
+        except Exception as exc:  # keep the upstream figures
+            return {"upstream": a, "fastvideo_error": f"{type(exc).__name__}: {exc}"}
         peaks["fastvideo"] = _peak(device)
         return {"upstream": a, "fastvideo": b, "compare": compare(up, fv, "cmp-full")}
 
@@ -184,7 +187,10 @@ def main() -> int:
     def _():
         _reset_peak(device)
         up, a = upstream("up-long", args.frames, capture=f"every:{args.every}", options=up_opts)
-        fv, b = fastvideo("fv-long", args.frames, up, options=fv_long)
+        try:
+            fv, b = fastvideo("fv-long", args.frames, up, options=fv_long)
+        except Exception as exc:  # keep the upstream figures
+            return {"upstream": a, "fastvideo_error": f"{type(exc).__name__}: {exc}"}
         peaks["two_sided"] = _peak(device)  # nothing freed by hand between sides
         c = compare(up, fv, "cmp-long")
         gen = a["generation_s"] + (b["generation_s"] or 0)

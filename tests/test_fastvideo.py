@@ -410,7 +410,8 @@ def test_fastvideo_loader_choice():
     assert use_fastvideo_loader(parse_options({"loader": "direct"}, None), "cuda", head)[0] is False
     with pytest.raises(UserError, match="loader=fastvideo needs a CUDA device"):
         use_fastvideo_loader(parse_options({"loader": "fastvideo"}, None), "cpu", head)
-    with pytest.raises(UserError, match="option 'offload' must be default or off"):
+    assert auto["offload"] == "example"
+    with pytest.raises(UserError, match="option 'offload' must be example, defaults or off"):
         parse_options({"offload": "gpu"}, None)
 
 
