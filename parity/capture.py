@@ -146,6 +146,8 @@ class Protocol:
     latent_scale: float
     latent_shift: float
     strict_load: bool
+    native_noise_rule: str | None = None
+    """This side's own noise rule in words, also when shared noise replaced it in this run."""
 
     def describe(self) -> dict[str, Any]:
         return asdict(self)

@@ -21,8 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from parity.capture import LAYOUTS, Capture, StageKey, manifest_value
+from parity.capture import LAYOUTS, Capture, StageKey
+from parity.config_words import USED, field_value, row_kind, words
 from parity.metrics import Metrics, compare_arrays, compare_frames
+from parity.structure import StructureDiff, diff_captures
 from parity.tolerances import FAMILIES, Tolerance, Tolerances
 
 PASS, FAIL, MISSING_A, MISSING_B, SHAPE = "pass", "fail", "missing in A", "missing in B", "shape mismatch"
@@ -33,7 +35,8 @@ CONFIG_FIELDS = (
     ("sigmas", "protocol.sigmas"),
     ("steps", "protocol.steps"),
     ("sigma dtype", "protocol.sigma_dtype"),
-    ("noise rule", "protocol.noise_rule"),
+    ("noise used", "protocol.noise_rule"),
+    ("native noise rule", "protocol.native_noise_rule"),
     ("noise dtype", "protocol.noise_dtype"),
     ("encoder class", "protocol.encoder_class"),
     ("encoder dtype", "protocol.encoder_dtype"),
@@ -56,7 +59,9 @@ CONFIG_FIELDS = (
     ("prompt", "case.prompt"),
     ("weights", "model.weights_sha256"),
 )
-"""(label, dotted manifest path) of each config-diff row, protocol first."""
+"""(label, dotted manifest path) of each config-diff row, protocol first. Rows named in
+`parity.config_words.DERIVED` (noise used, native noise rule, attention kernel, profile) are read per
+runner instead, since the reference and FastVideo runners record them in different places."""
 
 
 @dataclass
@@ -64,10 +69,26 @@ class ConfigRow:
     field: str
     a: Any
     b: Any
+    kind: str = USED
+    """`used` (what this run used) or `designed` (a side's own design the alignment policy replaced)."""
 
     @property
     def differs(self) -> bool:
         return self.a != self.b
+
+    @property
+    def text_a(self) -> str:
+        return words(self.field, self.a)
+
+    @property
+    def text_b(self) -> str:
+        return words(self.field, self.b)
+
+
+def config_rows(a: dict, b: dict) -> list[ConfigRow]:
+    """The config diff of two manifests, one row per `CONFIG_FIELDS` entry."""
+    return [ConfigRow(label, field_value(a, label, path), field_value(b, label, path), row_kind(label, a, b))
+            for label, path in CONFIG_FIELDS]
 
 
 @dataclass
@@ -145,6 +166,8 @@ class ComparisonResult:
     config: list[ConfigRow]
     stages: list[StageResult]
     tolerances: Tolerances = field(default_factory=Tolerances)
+    structure: StructureDiff | None = None
+    """The two live models' structural diff (listed like the config diff, not judged)."""
 
     @property
     def passed(self) -> bool:
@@ -181,7 +204,7 @@ class ComparisonResult:
 
 def compare_captures(a: Capture, b: Capture, tolerances: Tolerances | None = None) -> ComparisonResult:
     tolerances = tolerances or Tolerances()
-    config = [ConfigRow(label, manifest_value(a.manifest, path), manifest_value(b.manifest, path)) for label, path in CONFIG_FIELDS]
+    config = config_rows(a.manifest, b.manifest)
     keys_a = {k.id: k for k in a.keys()}
     keys_b = {k.id: k for k in b.keys()}
     all_keys = sorted({**keys_a, **keys_b}.values(), key=lambda k: k.order)
@@ -199,7 +222,7 @@ def compare_captures(a: Capture, b: Capture, tolerances: Tolerances | None = Non
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         stages = [s for group in pool.map(one_frame, by_frame.values()) for s in group]
     stages.sort(key=lambda s: s.key.order)
-    return ComparisonResult(a, b, config, stages, tolerances)
+    return ComparisonResult(a, b, config, stages, tolerances, structure=diff_captures(a, b))
 
 
 def _compare_stage(key: StageKey, a: Capture, b: Capture, in_a: bool, in_b: bool, tolerances: Tolerances,

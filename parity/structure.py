@@ -284,6 +284,9 @@ class _ProbeCache(dict):
     pass
 
 
+PROBED = "probed with its defaults on a +-a input in {dtype}"
+
+
 def _is_norm_module(m) -> bool:
     name = type(m).__name__.lower()
     return "norm" in name and "ada" not in name and not any(True for _ in m.children())
@@ -295,15 +298,18 @@ def _norm_attributes(m, attrs: dict, dtype, probes: _ProbeCache) -> None:
         width = _norm_width(m)
         if width:
             eps = _measure_eps(lambda x: m(x), width, dtype, probes, ("module", id(m), _dtype_name(dtype)))
-            found[type(m).__name__] = (eps, f"probed: {type(m).__name__} on a +-a input in {_dtype_name(dtype)}")
+            found[type(m).__name__] = (eps, PROBED)
     for call, (eps, how) in _norm_calls(m, dtype, probes).items():
         found[call] = (eps, how)
     if found:
         values = sorted({_round_eps(e) for e, _ in found.values() if e is not None})
+        by_how: dict[str, list[str]] = {}
+        for call, (_, how) in sorted(found.items()):
+            by_how.setdefault(how, []).append(call)
         attrs["norm eps"] = {
             "value": values,
             "by_call": {k: e for k, (e, _) in found.items()},
-            "how": "; ".join(sorted({f"{k}: {h}" for k, (_, h) in found.items()})),
+            "how": "; ".join(f"{', '.join(calls)}: {how.format(dtype=_dtype_name(dtype))}" for how, calls in by_how.items()),
         }
 
 
@@ -347,9 +353,7 @@ def _norm_calls(m, dtype, probes) -> dict[str, tuple[float | None, str]]:
             eps, how = explicit
         else:
             eps = _probe_function(target, m, dtype, probes)
-            how = f"probed: {dotted}(...) with its defaults on a +-a input in {_dtype_name(dtype)}"
-            if eps is None:
-                how = f"{dotted}: could not be probed standalone"
+            how = PROBED if eps is not None else "not measurable standalone"
         out.setdefault(dotted, (eps, how))
     return out
 
@@ -390,12 +394,12 @@ def _explicit_eps(node: ast.Call, target, m) -> tuple[float, str] | None:
     if expr is None:
         return None
     if isinstance(expr, ast.Constant) and isinstance(expr.value, (int, float)):
-        return float(expr.value), f"literal eps={expr.value} at the call site in {type(m).__name__}.forward"
+        return float(expr.value), f"eps={expr.value} written at the call in {type(m).__name__}.forward"
     dotted = _dotted(expr)
     if dotted and dotted.startswith("self.") and dotted.count(".") == 1:
         v = getattr(m, dotted[5:], None)
         if isinstance(v, (int, float)):
-            return float(v), f"{dotted} = {v} passed at the call site in {type(m).__name__}.forward"
+            return float(v), f"{dotted} (= {v}) passed at the call in {type(m).__name__}.forward"
     if isinstance(expr, ast.Constant) and expr.value is None:
         return None
     return None
@@ -616,6 +620,22 @@ class StructureDiff:
     def differences(self) -> list[Finding]:
         return [f for f in self.findings if f.kind == DIFFERS]
 
+    def grouped(self) -> list[tuple[Finding, int]]:
+        """Findings with layer numbers folded (`blocks.N`), each with how many it stands for: the
+        same difference in every block reads as one row. Differing first, then designed, then notes."""
+        groups: dict[tuple, list[Finding]] = {}
+        for f in self.findings:
+            where = re.sub(r"\.\d+(?=\.|$)", ".N", f.where)
+            where = re.sub(r"^layer \d+$", "layer N", where)
+            groups.setdefault((f.kind, f.component, where, f.what, f.a, f.b), []).append(f)
+        order = {DIFFERS: 0, DESIGNED: 1, INFO: 2}
+        out = []
+        for (kind, comp, where, what, a, b), members in groups.items():
+            first = members[0]
+            label = first.where if len(members) == 1 else f"{where} (x{len(members)})"
+            out.append((Finding(kind, comp, label, what, a, b, first.how), len(members)))
+        return sorted(out, key=lambda fc: order.get(fc[0].kind, 3))
+
     def to_dict(self) -> dict[str, Any]:
         return {"available": self.available, "note": self.note, "matched": self.matched,
                 "differences": len(self.differences),
@@ -820,9 +840,8 @@ def _attribute_finding(key: str, va: dict, vb: dict) -> tuple[str | None, tuple[
             return None, ("", "")
         rounded = _rounded_side(a, b)
         if rounded:
-            return DESIGNED, (f"A {'=' if rounded == 'A' else '≠'} B rounded to bfloat16",
-                           f"max |cos/sin A - B| {worst:.3g}: {rounded}'s table holds bfloat16-rounded values "
-                           f"(dtype policy)")
+            texts = ("values rounded to bfloat16 (stored as float32)", f"unrounded (max |cos/sin A - B| {worst:.3g})")
+            return DESIGNED, texts if rounded == "A" else texts[::-1]
         pos = va.get("positions", [])
         i, j = at
         half = len(a[0]) // 2

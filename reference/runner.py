@@ -173,6 +173,7 @@ class ReferenceRunner:
             cache_pass=options.cache_pass and options.cache_mode != "none", vae_dtype=options.vae_dtype,
             decode_input_dtype=options.model_dtype if options.decode_input_dtype == "model" else options.decode_input_dtype,
             latent_scale=options.latent_scale, latent_shift=options.latent_shift, strict_load=options.strict_load,
+            native_noise_rule=_native_noise_rule(options),
         )
         writer.set("protocol", protocol.describe())
         writer.set("alignment", {"noise": case.alignment.noise, "prompt": case.alignment.prompt, "prompt_source": prompt_source})

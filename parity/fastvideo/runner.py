@@ -50,7 +50,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from parity import alignment
+from parity import alignment, structure
+from parity.fastvideo import logs
 from parity.capture import CaptureWriter, Protocol
 from parity.environment import describe_environment, pin_numerics
 from parity.errors import UserError
@@ -380,6 +381,8 @@ class FastVideoRunner:
             scroll[0, f, 0] = c.scroll  # raw wheel value: FastVideo takes the sign itself (head)
 
         pipe, args = _make_pipeline(built, generation, prompt)
+        structure.write(request.out_dir, structure.describe({"transformer": built.model, "vae": built.vae}))
+        logs.write_to(request.out_dir)
 
         extra = {}
         if prompt.emb is not None:
@@ -447,7 +450,7 @@ class FastVideoRunner:
             cache_mode=cache_kind, cache_pass=any(fr["cache"] is not None for fr in frames),
             vae_dtype=_dtype_name(next(built.vae.parameters()).dtype),
             decode_input_dtype=_dtype_name(rec.decode_inputs[0].dtype) if rec.decode_inputs else "none",
-            latent_scale=scale, latent_shift=shift, strict_load=True,
+            latent_scale=scale, latent_shift=shift, strict_load=True, native_noise_rule=native,
         )
         writer.set("protocol", protocol.describe())
         writer.set("alignment", {"noise": case.alignment.noise, "prompt": case.alignment.prompt,
