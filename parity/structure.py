@@ -285,6 +285,7 @@ class _ProbeCache(dict):
 
 
 PROBED = "probed with its defaults on a +-a input in {dtype}"
+PROBED_MODULE = "the module probed on a +-a input in {dtype}"
 
 
 def _is_norm_module(m) -> bool:
@@ -298,7 +299,7 @@ def _norm_attributes(m, attrs: dict, dtype, probes: _ProbeCache) -> None:
         width = _norm_width(m)
         if width:
             eps = _measure_eps(lambda x: m(x), width, dtype, probes, ("module", id(m), _dtype_name(dtype)))
-            found[type(m).__name__] = (eps, PROBED)
+            found[type(m).__name__] = (eps, PROBED_MODULE)
     for call, (eps, how) in _norm_calls(m, dtype, probes).items():
         found[call] = (eps, how)
     if found:
@@ -463,7 +464,10 @@ def _measure_eps(fn, width: int, dtype, probes: _ProbeCache, key, device=None) -
 
         base = out(0.0)
         big = out(100.0) - base
-        if torch.isfinite(big).all() and big.abs().mean() > 0:
+        bigger = out(1000.0) - base
+        normalising = bool(torch.isfinite(big).all() and big.abs().mean() > 0
+                           and abs((bigger.abs().mean() / big.abs().mean()).item() - 1) < 1e-2)
+        if normalising:
             best = None
             for exp in range(-14, 4):
                 a2 = 10.0 ** exp
