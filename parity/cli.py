@@ -27,6 +27,12 @@ from parity.errors import EXIT_USER_ERROR, UserError
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.verbose:
+        import os
+
+        from parity.fastvideo.logs import VERBOSE_ENV
+
+        os.environ[VERBOSE_ENV] = "1"  # also for spawned workers
     started = time.perf_counter()
     try:
         code = args.handler(args)
@@ -46,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="waypoint-parity", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("parity", help="run cases against every pair of sides and compare (what `make parity` runs)")
@@ -129,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+VERBOSE_HELP = ("show FastVideo's own log output on the console (default: it goes to fastvideo.log in the "
+                "FastVideo run folder)")
+
+
 def _oracle_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("oracle (pairs with a bf16/fp16 side)")
     g.add_argument("--oracle", type=Path, metavar="DIR",
@@ -138,6 +149,7 @@ def _oracle_args(p: argparse.ArgumentParser) -> None:
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     g = p.add_argument_group("model")
     g.add_argument("--snapshot", help="Overworld snapshot folder or repo id (default: the built-in tiny checkpoint)")
     g.add_argument("--trust-remote-code", action="store_true", help="allow the snapshot's own Python files to run")

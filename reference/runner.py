@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from parity import alignment
+from parity import alignment, structure
 from parity.capture import CapturePolicy, Protocol
 from parity.environment import describe_environment, pin_numerics
 from parity.errors import UserError
@@ -174,11 +174,13 @@ class ReferenceRunner:
             cache_pass=options.cache_pass and options.cache_mode != "none", vae_dtype=options.vae_dtype,
             decode_input_dtype=options.model_dtype if options.decode_input_dtype == "model" else options.decode_input_dtype,
             latent_scale=options.latent_scale, latent_shift=options.latent_shift, strict_load=options.strict_load,
+            native_noise_rule=_native_noise_rule(options),
         )
         writer.set("protocol", protocol.describe())
         writer.set("alignment", {"noise": case.alignment.noise, "prompt": case.alignment.prompt, "prompt_source": prompt_source})
 
         cache = loaded.cache_class(loaded.config, 1, model_dtype) if options.cache_mode == "ring" else None
+        structure.write(request.out_dir, structure.describe({"transformer": loaded.model, "vae": loaded.vae}, cache=cache))
         if case.alignment.noise == "native" and options.noise_rule == "global":
             torch.manual_seed(case.seed)
         teacher = None

@@ -259,13 +259,13 @@ def test_streaming_revisions_name_their_differences(fastvideo_runs, upstream):
         if len(sigmas) == 4:  # 2e2375dc8: 3 steps from the pipeline config, global-RNG noise
             assert rows["steps"] == (4, 3)
             assert rows["sigmas"][1] == [1.0, 0.94921875, 0.83984375, 0.0]
-            assert "global RNG" in rows["noise rule"][1]
+            assert "global RNG" in rows["native noise rule"][1]
             assert StageKey(0, 3, "step.velocity") in [s.key for s in result.stages if s.status == MISSING_B]
             first_sigma = next(s for s in result.stages if s.key.family == "step.sigma" and not s.passed)
             assert first_sigma.key == StageKey(0, 1, "step.sigma")
         else:  # 640e654f3: the 4 config sigmas, per-frame generator
             assert "steps" not in rows
-            assert "manual_seed(seed + frame)" in rows["noise rule"][1]
+            assert "manual_seed(seed + frame)" in rows["native noise rule"][1]
         # first divergence: the first velocity (rms_norm eps 1e-6 in fp32, bf16 noise-level MLP in bf16)
         assert result.first_value_divergence.key == StageKey(0, 0, "step.velocity")
 

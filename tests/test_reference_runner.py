@@ -73,7 +73,9 @@ def test_upstream_vs_script_names_the_differences_and_frame_1(small_case, run_si
     assert differing["cache pass"] == (True, False)
     assert differing["encoder class"] == ("UMT5EncoderModel", "T5EncoderModel")
     assert differing["decode input dtype"] == ("bfloat16", "float32")
-    assert "noise rule" not in differing  # shared noise: both sides used the harness's draw
+    assert "noise used" not in differing  # shared noise: both sides used the harness's draw
+    native = next(r for r in result.config if r.field == "native noise rule")
+    assert native.differs and native.kind == "designed"  # each side's own rule, replaced in this run
     assert result.first_divergence.key == StageKey(0, None, "cache_pass.input")
     assert result.first_divergence.status == MISSING_B
     assert result.first_divergent_frame == 1
@@ -89,8 +91,8 @@ def test_native_noise_names_the_noise_rule_and_parts_at_frame_1(write_case, run_
     a = run_side(case, "upstream")
     b = run_side(case, "script", prompt_from=a)
     result = compare_captures(Capture.open(a), Capture.open(b))
-    rule = next(r for r in result.config if r.field == "noise rule")
-    assert rule.differs and "global RNG" in rule.a and "seed + frame" in rule.b
+    rule = next(r for r in result.config if r.field == "noise used")
+    assert rule.differs and rule.kind == "used" and "global RNG" in rule.a and "seed + frame" in rule.b
     # On one device, manual_seed(42) then the global RNG draws what Generator().manual_seed(42 + 0)
     # draws: frame 0 agrees, and the rules part from frame 1 on.
     assert next(s for s in result.stages if s.key == StageKey(0, None, "noise")).passed

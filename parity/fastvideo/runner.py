@@ -45,7 +45,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from parity import structure
 from parity.capture import CaptureWriter
+from parity.fastvideo import logs
 from parity.environment import describe_environment, pin_numerics
 from parity.errors import UserError
 from parity.fastvideo.build import build_modules, cpu_attention, make_pipeline, resolve_bundle
@@ -150,6 +152,8 @@ class FastVideoRunner:
             scroll[0, f, 0] = c.scroll  # raw wheel value: FastVideo takes the sign itself (head)
 
         pipe, args = make_pipeline(built, generation, prompt)
+        structure.write(request.out_dir, structure.describe({"transformer": built.model, "vae": built.vae}))
+        logs.write_to(request.out_dir)
 
         extra = {}
         if prompt.emb is not None:

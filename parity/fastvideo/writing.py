@@ -55,7 +55,7 @@ def write_capture(writer: CaptureWriter, rec: Recorder, request: RunRequest, bui
         cache_mode=cache_kind, cache_pass=any(fr["cache"] is not None for fr in frames),
         vae_dtype=dtype_name(next(built.vae.parameters()).dtype),
         decode_input_dtype=dtype_name(rec.decode_inputs[0].dtype) if rec.decode_inputs else "none",
-        latent_scale=scale, latent_shift=shift, strict_load=True,
+        latent_scale=scale, latent_shift=shift, strict_load=True, native_noise_rule=native,
     )
     writer.set("protocol", protocol.describe())
     writer.set("alignment", {"noise": case.alignment.noise, "prompt": case.alignment.prompt,

@@ -157,7 +157,9 @@ def write_report(result: ComparisonResult, out_dir: str | Path, *, run_index: Pa
         "first_frame": result.first_divergent_frame,
         "families": [_family_entry(f) for f in families],
         "oracle": oracle_summary(result),
-        "config": [{"field": r.field, "a": fmt_value(r.a), "b": fmt_value(r.b), "differs": r.differs} for r in result.config],
+        "config": [{"field": r.field, "a": r.text_a, "b": r.text_b, "differs": r.differs and r.kind != "designed",
+                    "designed": r.differs and r.kind == "designed"} for r in result.config],
+        "structure": _structure_entry(result),
         "models": _side_by_side(_model_block(result.a), _model_block(result.b)),
         "test_model": [s.name for s in (result.a, result.b) if (s.manifest.get("model") or {}).get("test_model")],
         "alignment": _side_by_side(_flatten(result.a.manifest.get("alignment") or {}), _flatten(result.b.manifest.get("alignment") or {})),
@@ -461,6 +463,16 @@ def _family_entry(fam) -> dict[str, Any]:
 
 
 # ---- manifest blocks ----------------------------------------------------------------------------
+
+
+def _structure_entry(result: ComparisonResult) -> dict[str, Any] | None:
+    diff = result.structure
+    if diff is None:
+        return None
+    return {"available": diff.available, "note": diff.note, "matched": diff.matched,
+            "differing": len(diff.differences),
+            "rows": [{"kind": f.kind, "where": f"{f.component} {f.where}".strip(), "what": f.what, "a": f.a, "b": f.b,
+                      "how": f.how, "count": n} for f, n in diff.grouped()]}
 
 
 def _model_block(cap: Capture) -> dict[str, Any]:
