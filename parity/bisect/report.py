@@ -50,11 +50,34 @@ def table(rows: list[CommitRow]) -> dict[str, Any]:
             **{k: _short(r.config[k]) if k in r.config else "= upstream" for k in varying},
             **{f: fmt_error(r.families.get(f)) + ("!" if f in r.failed_families else "") for f in families},
         }
-        out.append({"cells": cells, "changed": changed, "status": r.status, "row": r})
+        notes = [_change_note(previous, r, c) for c in changed]
+        out.append({"cells": cells, "changed": changed, "notes": notes, "status": r.status, "row": r})
         if r.status == TESTED:
             previous = r
     return {"families": families, "rows": out, "constant_config": constant,
             "columns": ["commit", "subject", "verdict", "first divergence"] + varying + families}
+
+
+def _first_failing(row: CommitRow, family: str) -> str:
+    return next((s for s in row.failed_stages if _family_of(s) == family), "pass")
+
+
+def _family_of(stage_id: str) -> str:
+    from parity.capture import StageKey
+
+    try:
+        return StageKey.from_id(stage_id).family
+    except (ValueError, IndexError):
+        return ""
+
+
+def _change_note(before: CommitRow, after: CommitRow, column: str) -> str:
+    """`sigma: f0/step1.sigma -> pass` for a family (its first failing stage before and after); the name otherwise."""
+    if column not in FAMILIES:
+        return column
+    a, b = _first_failing(before, column), _first_failing(after, column)
+    name = SHORT_FAMILY.get(column, column)
+    return f"{name}: {a} -> {b}" if a != b else f"{name}: {fmt_error(before.families.get(column))} -> {fmt_error(after.families.get(column))}"
 
 
 def _short(value: Any) -> str:
@@ -69,7 +92,7 @@ def markdown(view: dict[str, Any]) -> str:
     for item in view["rows"]:
         cells = item["cells"]
         values = [_md(cells[c]) + (" *" if c in item["changed"] else "") for c in view["columns"]]
-        values.append(_md(", ".join(SHORT_FAMILY.get(c, c) for c in item["changed"])))
+        values.append(_md("; ".join(item["notes"])))
         lines.append("| " + " | ".join(values) + " |")
     lines.append("")
     lines.append("rel_l2 worst per family against upstream; `!` the family fails its tolerance; `missing` a stage on one side only; "
@@ -97,7 +120,7 @@ def print_table(view: dict[str, Any], console, title: str) -> None:
         for c in view["columns"]:
             text = escape(str(cells[c]))
             values.append(f"[bold yellow]{text}[/]" if c in item["changed"] else text)
-        values.append(escape(", ".join(SHORT_FAMILY.get(c, c) for c in item["changed"])))
+        values.append(escape("; ".join(item["notes"])))
         t.add_row(*values, style="dim" if item["status"] != TESTED else None)
     console.print(t)
     if view["constant_config"]:
