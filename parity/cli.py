@@ -8,6 +8,7 @@ Typical use:
     waypoint-parity compare reports/a reports/b     # config diff, stage table, first divergence
     waypoint-parity report reports/a reports/b -o reports/ab   # HTML report: open reports/ab/index.html
     waypoint-parity make-checkpoint /tmp/tiny --hf-cache
+    waypoint-parity bisect case.toml --repo ~/FastVideo --walk A..B   # which FastVideo commit changed parity
 
 The model defaults to the built-in tiny random-weight checkpoint; `--snapshot` takes a folder or a
 Hugging Face repo id found offline in the cache (its code runs only with --trust-remote-code).
@@ -117,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     from parity.diagnose.commands import add_commands
 
     add_commands(sub, _model_args)
+
+    from parity.bisect.commands import add_commands as add_bisect
+
+    add_bisect(sub, _model_args)
 
     p = sub.add_parser("verify", help="check a stored capture: manifest, every tensor's sha256, shape and dtype, frame count")
     p.add_argument("run", type=Path, help="capture folder")
