@@ -137,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "FastVideo's, found at run time) at a tiny size, written as DIR/overworld and DIR/fastvideo")
     p.add_argument("--size", choices=("tiny", "real"), default="tiny",
                    help="tiny (default), or real: Waypoint-1-Small's transformer dimensions with random bf16 weights (~5 GB), for timings")
+    p.add_argument("--device", help="--arch waypoint: where the weights are built and drawn (cuda: seconds at the real size; default cpu)")
     p.set_defaults(handler=cmd_make_checkpoint)
     return parser
 
@@ -280,7 +281,7 @@ def cmd_parity(args) -> int:
     if shard:
         cases = select_shard(cases, shard, lambda c: c.name)
     sides = SideConfig.from_args(args)
-    pairs_default, fastvideo_note = default_pairs()
+    pairs_default, fastvideo_note = default_pairs(sides.fastvideo_bundle, sides.snapshot)
     notes = []
     if fastvideo_note:
         notes.append(f"FastVideo side skipped: {fastvideo_note}")
@@ -377,8 +378,8 @@ def cmd_make_checkpoint(args) -> int:
     if args.arch == "waypoint":
         from parity.tiny.waypoint_arch import make_waypoint_checkpoint
 
-        paths = make_waypoint_checkpoint(args.dir, seed=args.seed)
-        print(f"tiny real-architecture checkpoint written: snapshot {paths['snapshot']}, FastVideo bundle {paths['bundle']}")
+        paths = make_waypoint_checkpoint(args.dir, seed=args.seed, size=args.size, device=args.device or "cpu")
+        print(f"{args.size} real-architecture checkpoint written: snapshot {paths['snapshot']}, FastVideo bundle {paths['bundle']}")
         print(f"use it with --snapshot {paths['snapshot']} --code-source world_engine --fastvideo-bundle {paths['bundle']}")
         return 0
     from parity.tiny import make_checkpoint

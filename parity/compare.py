@@ -59,6 +59,7 @@ CONFIG_FIELDS = (
     ("latent shift", "protocol.latent_shift"),
     ("strict weight load", "protocol.strict_load"),
     ("attention kernel", "options.sdpa_backend"),
+    ("inference setup", "setup.summary"),
     ("runner", "runner.name"),
     ("profile", "runner.profile"),
     ("device", "device"),

@@ -66,13 +66,17 @@ class SideConfig:
         raise UserError(f"unknown side {side!r}")
 
 
-def default_pairs() -> tuple[tuple[Pair, ...], str | None]:
-    """upstream vs script always; upstream vs fastvideo when FastVideo can be imported.
+def default_pairs(fastvideo_bundle: str | Path | None = None, snapshot: str | Path | None = None,
+                  check_bundle: bool = True) -> tuple[tuple[Pair, ...], str | None]:
+    """upstream vs script always; upstream vs fastvideo when FastVideo can be imported and a FastVideo
+    bundle is named (or lies beside the snapshot; `check_bundle=False` asks about FastVideo only).
     Returns the pairs and, when FastVideo is left out, why."""
-    from parity.fastvideo import fastvideo_status
+    from parity.fastvideo import bundle_status, fastvideo_status
 
     pairs = [Pair("upstream", "script")]
-    ok, why = fastvideo_status()
+    ok, why = bundle_status(fastvideo_bundle, snapshot) if check_bundle else (True, "")
+    if ok:
+        ok, why = fastvideo_status()
     if ok:
         pairs.append(Pair("upstream", "fastvideo"))
     return tuple(pairs), (None if ok else why)

@@ -16,9 +16,11 @@ calls, for drill-down), `runner` (`FastVideoRunner`, which drives all of them).
 from __future__ import annotations
 
 from parity.errors import UserError
+from parity.fastvideo.build import bundle_status, sibling_bundle
 from parity.fastvideo.source import SRC_ENV, fastvideo_revision, fastvideo_src_status, import_fastvideo
 
-__all__ = ["SRC_ENV", "fastvideo_revision", "fastvideo_src_status", "fastvideo_status", "import_fastvideo"]
+__all__ = ["SRC_ENV", "bundle_status", "fastvideo_revision", "fastvideo_src_status", "fastvideo_status", "import_fastvideo",
+           "sibling_bundle"]
 
 
 def fastvideo_status() -> tuple[bool, str]:

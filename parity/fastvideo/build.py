@@ -24,6 +24,26 @@ from parity.errors import UserError
 from parity.fastvideo.generation import Generation
 
 
+def sibling_bundle(snapshot) -> Path | None:
+    """The `fastvideo/` bundle that `make-checkpoint --arch waypoint` writes beside its `overworld/`
+    snapshot, used when no bundle is named."""
+    if snapshot is None:
+        return None
+    sp = Path(snapshot)
+    if sp.is_dir() and (sp.parent / "fastvideo" / "model_index.json").is_file():
+        return (sp.parent / "fastvideo").resolve()
+    return None
+
+
+def bundle_status(bundle, snapshot) -> tuple[bool, str]:
+    """(a FastVideo bundle is named or found, why not). Checked before FastVideo is imported, so a
+    suite without a bundle skips the FastVideo pair instead of failing at its first case."""
+    if bundle is not None or sibling_bundle(snapshot) is not None:
+        return True, str(bundle or sibling_bundle(snapshot))
+    return False, ("no FastVideo-layout bundle was given (pass --fastvideo-bundle; "
+                   "`waypoint-parity make-checkpoint --arch waypoint` writes one beside its snapshot)")
+
+
 def resolve_bundle(bundle_spec, snapshot_spec, hf_cache_dir) -> Path:
     """The FastVideo bundle: `bundle_spec`, or the `fastvideo/` sibling of a tiny checkpoint's snapshot."""
     from reference import snapshot as snap
@@ -31,15 +51,10 @@ def resolve_bundle(bundle_spec, snapshot_spec, hf_cache_dir) -> Path:
     if bundle_spec is not None:
         path = snap.resolve_snapshot(bundle_spec, hf_cache_dir)
     else:
-        sibling = None
-        if snapshot_spec is not None:
-            sp = Path(snapshot_spec)
-            if sp.is_dir() and (sp.parent / "fastvideo" / "model_index.json").is_file():
-                sibling = sp.parent / "fastvideo"
-        if sibling is None:
+        path = sibling_bundle(snapshot_spec)
+        if path is None:
             raise UserError("the FastVideo side needs a FastVideo-layout bundle: pass --fastvideo-bundle "
                             "(a folder with model_index.json, transformer/, vae/)")
-        path = sibling.resolve()
     for rel in ("model_index.json", "transformer/config.json", "vae/config.json"):
         if not (path / rel).is_file():
             raise UserError(f"not a FastVideo bundle: {rel} is missing", path)
@@ -48,6 +63,8 @@ def resolve_bundle(bundle_spec, snapshot_spec, hf_cache_dir) -> Path:
 
 def build_modules(bundle: Path, opts: dict[str, Any], device: str, generation: Generation):
     """Transformer and VAE on `device` in the precisions of the (optionally overridden) pipeline config."""
+    import torch
+
     from reference import snapshot as snap
     from fastvideo.configs.models.dits.waypoint_transformer import WaypointArchConfig
     from fastvideo.configs.pipelines.waypoint import WaypointT2VConfig
@@ -79,7 +96,10 @@ def build_modules(bundle: Path, opts: dict[str, Any], device: str, generation: G
     dit_dtype = PRECISION_TO_TYPE[pc.precision]
     vae_dtype = PRECISION_TO_TYPE[getattr(pc, "vae_precision", "fp32")]
 
-    model = wt.WaypointWorldModel(arch)
+    # Built on its device, as FastVideo's loader materialises it there: buffers computed at build time
+    # (the noise conditioner's logspace frequencies) then hold the device's own values.
+    with torch.device(device):
+        model = wt.WaypointWorldModel(arch)
     state = snap.load_safetensors_folder(bundle / "transformer")
     state, renames = map_names(state, model, arch)
     own = model.state_dict()
@@ -101,6 +121,8 @@ def build_modules(bundle: Path, opts: dict[str, Any], device: str, generation: G
 
 
 def build_vae(bundle: Path, generation: Generation, device: str, vae_dtype):
+    import torch
+
     from reference import snapshot as snap
 
     vae_config = snap.read_json(bundle / "vae" / "config.json")
@@ -115,7 +137,8 @@ def build_vae(bundle: Path, generation: Generation, device: str, vae_dtype):
             if k in vcfg.arch_config.__dataclass_fields__:
                 setattr(vcfg.arch_config, k, tuple(v) if isinstance(v, list) else v)
         vcfg.arch_config.__post_init__()
-        vae = WorldEngineVAE(vcfg)
+        with torch.device(device):
+            vae = WorldEngineVAE(vcfg)
         snap.load_weights(vae, bundle / "vae", True, "VAE")
         info = {"class": "fastvideo WorldEngineVAE (native)", "config": vae_config}
     else:
@@ -131,7 +154,8 @@ def build_vae(bundle: Path, generation: Generation, device: str, vae_dtype):
         from world_engine.ae_nn import AutoEncoder
 
         enc, dec = wec.vae_configs(vae_config, bundle / "vae" / "config.json")
-        ae = AutoEncoder(enc, dec)
+        with torch.device(device):
+            ae = AutoEncoder(enc, dec)
         snap.load_weights(ae, bundle / "vae", True, "VAE")
         vae = wec.WorldEngineDecoder(ae, wec._uncompiled_decode())
         vae.config = SimpleNamespace(scaling_factor=vae_config.get("scaling_factor", 1.0),
@@ -224,3 +248,16 @@ def cpu_attention(device: str, choice: str, generation: Generation):
             else:
                 setattr(owner, name, value)
 
+
+
+_NOTICED: set[str] = set()
+
+
+def attention_notice(attention: str, dtype: str) -> str | None:
+    """Said once per process and dtype when FastVideo's own attention runs: its compiled flex attention
+    compiles and autotunes on the first run per dtype, which looks like a hang."""
+    if attention != "FastVideo default" or dtype in _NOTICED:
+        return None
+    _NOTICED.add(dtype)
+    return (f"FastVideo side: its default attention (compiled flex attention) compiles and autotunes on the first "
+            f"run in {dtype}, which can take 1-3 minutes; `--option attention=sdpa` runs FastVideo's torch SDPA path instead")

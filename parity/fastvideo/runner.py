@@ -40,6 +40,7 @@ config's), `vae_precision`, `sigmas` (override of `pipeline_config.scheduler_sig
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -50,14 +51,14 @@ from parity.capture import CaptureWriter
 from parity.fastvideo import logs
 from parity.environment import describe_environment, pin_numerics
 from parity.errors import UserError
-from parity.fastvideo.build import build_modules, cpu_attention, make_pipeline, resolve_bundle
+from parity.fastvideo.build import attention_notice, build_modules, cpu_attention, make_pipeline, resolve_bundle
 from parity.fastvideo.calls import TransformerCalls
 from parity.fastvideo.generation import Generation, detect_generation
 from parity.fastvideo.hooks import Recorder
 from parity.fastvideo.options import parse_options
 from parity.fastvideo.prompt import prepare_prompt
 from parity.fastvideo.source import fastvideo_revision, import_fastvideo
-from parity.fastvideo.writing import latent_shape, model_block, write_capture
+from parity.fastvideo.writing import latent_shape, model_block, model_dtype, setup_block, write_capture
 from parity.runner import RunRequest
 
 __all__ = ["FastVideoRunner", "Generation", "TransformerCalls", "detect_generation", "fastvideo_revision"]
@@ -88,6 +89,9 @@ class FastVideoRunner:
         with cpu_attention(device, opts["attention"], generation) as attention:
             built = build_modules(bundle, opts, device, generation)
             pin_numerics(device)
+            notice = attention_notice(attention, model_dtype(built.model))
+            if notice:
+                print(notice, file=sys.stderr, flush=True)
             prompt = prepare_prompt(request, bundle, built, device)
             writer = CaptureWriter(request.out_dir, {
                 "side": request.side,
@@ -98,6 +102,7 @@ class FastVideoRunner:
                 "device": device,
                 "environment": describe_environment(device),
                 "model": model_block(bundle, built),
+                "setup": setup_block(built, attention),
                 "fastvideo": {**fastvideo_revision(), "generation": generation.name,
                               "pipeline_config": {**built.resolved, "scheduler_sigmas": list(built.pc.scheduler_sigmas),
                                                   "precision": built.pc.precision,

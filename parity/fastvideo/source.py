@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+from parity.environment import source_commit
 from parity.errors import UserError
 
 SRC_ENV = "FASTVIDEO_SRC"
@@ -71,15 +71,9 @@ def fastvideo_revision() -> dict[str, Any]:
         return info
     root = Path(module.__file__).resolve().parent.parent
     info["path"] = str(root)
-    try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        if out.returncode == 0:
-            info["commit"] = out.stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        pass
-    marker = root / "FASTVIDEO_COMMIT"
-    if "commit" not in info and marker.is_file():
-        info["commit"] = marker.read_text().strip()
+    commit = source_commit([root], "FASTVIDEO_COMMIT")
+    if commit:
+        info["commit"] = commit
     try:
         from importlib import metadata
 

@@ -115,3 +115,13 @@ def batch_latent(rec, f, fallback):
         return rec.batch_latents[:, :, f].unsqueeze(1)
     return fallback
 
+
+
+def setup_block(built, attention: str) -> dict[str, Any]:
+    """How this side's modules were loaded and run, as the config diff shows it (`setup.summary`)."""
+    loader = getattr(built, "loader", None) or "harness direct build (WaypointWorldModel(arch), strict load)"
+    compile_ = getattr(built, "compile", None) or "none"
+    dtypes = getattr(built, "module_dtypes", None) or {"transformer": model_dtype(built.model),
+                                                      "vae": dtype_name(next(built.vae.parameters()).dtype)}
+    return {"summary": f"FastVideo {loader}; compile {compile_}; attention {attention}",
+            "loader": loader, "compile": compile_, "attention": attention, "module_dtypes": dtypes}
