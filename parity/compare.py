@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from parity import native_noise
 from parity.capture import LAYOUTS, Capture, StageKey, manifest_value
 from parity.metrics import Metrics, compare_arrays, compare_frames
 from parity.tolerances import FAMILIES, Tolerance, Tolerances
@@ -34,6 +35,7 @@ CONFIG_FIELDS = (
     ("steps", "protocol.steps"),
     ("sigma dtype", "protocol.sigma_dtype"),
     ("noise rule", "protocol.noise_rule"),
+    ("native noise rule", "protocol.native_noise_rule"),
     ("noise dtype", "protocol.noise_dtype"),
     ("encoder class", "protocol.encoder_class"),
     ("encoder dtype", "protocol.encoder_dtype"),
@@ -82,6 +84,9 @@ class StageResult:
     tolerance: Tolerance | None = None
     floor: Tolerance | None = None
     """The calibrated noise floor of this family, when floors were given."""
+    detail: str | None = None
+    """What the numbers alone do not say: the values of a small stage (`0 vs 0.001`, visible frames
+    `[0, 1] vs [0]`), or why a native-noise stage passed or failed (`parity.native_noise`)."""
 
     @property
     def passed(self) -> bool:
@@ -99,9 +104,11 @@ class StageResult:
     def explain(self) -> str:
         """One line: what failed, by how much, against which tolerance."""
         if self.status in (MISSING_A, MISSING_B):
-            return f"{self.key.where()}: present on one side only ({self.status})"
+            return _missing_line(self.key, self.status)
         if self.status == SHAPE:
-            return f"{self.key.where()}: shape {self.shape_a} vs {self.shape_b}"
+            return f"{self.key.where()}: shape {self.shape_a} vs {self.shape_b}" + (f" ({self.detail})" if self.detail else "")
+        if self.detail and (self.metrics is None or self.key.family in SMALL_FAMILIES):
+            return f"{self.key.where()}: {self.detail}"
         m, t = self.metrics, self.tolerance
         text = f"{self.key.where()}: rel_l2 {m.rel_l2:.3g} (allowed {t.rel_l2:.3g}), max_abs {m.max_abs:.3g} (allowed {t.max_abs:.3g})"
         if self.floor is not None and self.floor.rel_l2 > 0:
@@ -122,6 +129,7 @@ class StageResult:
             "floor": {"rel_l2": self.floor.rel_l2, "max_abs": self.floor.max_abs} if self.floor else None,
             "times_floor": (self.metrics.rel_l2 / self.floor.rel_l2) if self.floor and self.floor.rel_l2 > 0 and self.metrics else None,
             "worst_location": self.worst_location(),
+            "detail": self.detail,
         }
 
 
@@ -163,7 +171,9 @@ class ComparisonResult:
 
     @property
     def first_divergent_frame(self) -> int | None:
-        s = self.first_value_divergence
+        """The frame of the earliest per-frame stage whose values exceed the tolerance (run-level
+        stages such as the native prompt encoding have no frame)."""
+        s = next((s for s in self.stages if s.status == FAIL and s.key.frame is not None), None)
         return None if s is None else s.key.frame
 
     def families(self) -> list[FamilySummary]:
@@ -202,6 +212,31 @@ def compare_captures(a: Capture, b: Capture, tolerances: Tolerances | None = Non
     return ComparisonResult(a, b, config, stages, tolerances)
 
 
+SMALL_FAMILIES = ("step.sigma", "step.timestamp", "cache_pass.sigma", "cache_pass.timestamp", "kv.frames")
+"""Stages of a few values, shown as values (`frame 0, cache_pass.sigma: 0 vs 0.001`)."""
+
+
+def _missing_line(key: StageKey, status: str) -> str:
+    """`frame 0: cache pass missing in B`, `frame 0: step 4 missing in A`: what one side did not do."""
+    side = status.removeprefix("missing in ")
+    other = "B" if side == "A" else "A"
+    if key.frame is None:
+        return f"{key.family} missing in {side}"
+    if key.family.startswith("cache_pass."):
+        return f"frame {key.frame}: cache pass missing in {side} ({key.id})"
+    if key.step is not None:
+        return f"frame {key.frame}: step {key.step} missing in {side} ({key.id}; an extra model call in {other})"
+    if key.family == "controls.mouse":
+        return f"frame {key.frame} missing in {side} ({key.id})"
+    return f"{key.where()}: missing in {side} ({key.id})"
+
+
+def _small_values(t) -> str:
+    values = t.detach().reshape(-1).tolist()
+    text = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in values)
+    return text if t.dim() == 0 or len(values) == 1 else f"[{text}]"
+
+
 def _compare_stage(key: StageKey, a: Capture, b: Capture, in_a: bool, in_b: bool, tolerances: Tolerances,
                    ta=None, tb=None) -> StageResult:
     if (not in_a and a.sampled_out(key)) or (not in_b and b.sampled_out(key)):
@@ -214,6 +249,15 @@ def _compare_stage(key: StageKey, a: Capture, b: Capture, in_a: bool, in_b: bool
         return StageResult(key, MISSING_B, dtype_a=info["dtype"], shape_a=info["shape"])
     ia, ib = a.info(key), b.info(key)
     result = StageResult(key, PASS, ia["dtype"], ib["dtype"], ia["shape"], ib["shape"])
+    if key.family == "noise.native":
+        judged = native_noise.judge(key.frame, a, b)
+        if judged is not None:
+            result.status, result.detail = (PASS if judged[0] == "pass" else FAIL), judged[1]
+            return result
+    if key.family in SMALL_FAMILIES:
+        ta = a.tensors([key])[key] if ta is None else ta  # tensors(): safe from the frame threads
+        tb = b.tensors([key])[key] if tb is None else tb
+        result.detail = f"{_small_values(ta)} vs {_small_values(tb)}"
     if ia["shape"] != ib["shape"]:
         result.status = SHAPE
         return result
