@@ -105,6 +105,8 @@ class StageResult:
         """One line: what failed, by how much, against which tolerance."""
         if self.status in (MISSING_A, MISSING_B):
             return _missing_line(self.key, self.status)
+        if self.key.family == "kv.frames" and self.detail and self.status != PASS:
+            return f"{self.key.where()}: visible frames {self.detail}"
         if self.status == SHAPE:
             return f"{self.key.where()}: shape {self.shape_a} vs {self.shape_b}" + (f" ({self.detail})" if self.detail else "")
         if self.detail and (self.metrics is None or self.key.family in SMALL_FAMILIES):
@@ -231,10 +233,10 @@ def _missing_line(key: StageKey, status: str) -> str:
     return f"{key.where()}: missing in {side} ({key.id})"
 
 
-def _small_values(t) -> str:
+def _small_values(t, as_list: bool = False) -> str:
     values = t.detach().reshape(-1).tolist()
     text = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in values)
-    return text if t.dim() == 0 or len(values) == 1 else f"[{text}]"
+    return f"[{text}]" if as_list or len(values) != 1 else text
 
 
 def _compare_stage(key: StageKey, a: Capture, b: Capture, in_a: bool, in_b: bool, tolerances: Tolerances,
@@ -257,7 +259,8 @@ def _compare_stage(key: StageKey, a: Capture, b: Capture, in_a: bool, in_b: bool
     if key.family in SMALL_FAMILIES:
         ta = a.tensors([key])[key] if ta is None else ta  # tensors(): safe from the frame threads
         tb = b.tensors([key])[key] if tb is None else tb
-        result.detail = f"{_small_values(ta)} vs {_small_values(tb)}"
+        as_list = key.family == "kv.frames"
+        result.detail = f"{_small_values(ta, as_list)} vs {_small_values(tb, as_list)}"
     if ia["shape"] != ib["shape"]:
         result.status = SHAPE
         return result
