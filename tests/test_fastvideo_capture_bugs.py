@@ -285,3 +285,32 @@ def test_extra_denoise_step_is_named_not_taken_for_the_cache_pass(monkeypatch, c
     assert (first.key, first.status) == (StageKey(0, 4, "step.sigma"), MISSING_A)
     assert first.explain() == "frame 0: step 4 missing in A (f0/step4.sigma; an extra model call in B)"
     assert next(s for s in result.stages if s.key == StageKey(0, None, "cache_pass.sigma")).passed
+
+
+def test_fastvideo_raising_mid_run_keeps_the_finished_frames(monkeypatch, head, upstream, tmp_path):
+    from parity.capture import Capture
+    from parity.compare import compare_captures
+    from parity.errors import UserError
+    from parity.fastvideo.runner import FastVideoRunner
+    from parity.runner import RunRequest
+
+    def raise_at_frame_2(kw):
+        if int(kw["frame_timestamp"].reshape(-1)[0]) == 2:
+            raise RuntimeError("planted failure at frame 2")
+        return kw
+
+    _around(monkeypatch, _stages().WaypointDenoisingStage, "streaming_step", before=_swap_transformer(raise_at_frame_2))
+    case, up = upstream(42)
+    with pytest.raises(UserError, match="FastVideo pipeline failed .RuntimeError: planted failure at frame 2"):
+        FastVideoRunner(bundle=head["bundle"]).run(
+            RunRequest(case, "fastvideo", tmp_path / "fv", "cpu", {"precision": "fp32"}, prompt_from=up))
+    cap = Capture.open(tmp_path / "fv")
+    assert not cap.complete and cap.manifest["frames_written"] == 2 and "planted failure" in cap.manifest["error"]
+    result = compare_captures(Capture.open(up), cap)
+    # frames 0 and 1 ended: every model stage is there and agrees; the head decodes only after the last
+    # frame, so their decoded images never came
+    missing = [s for s in result.stages if s.status == MISSING_B]
+    assert {s.key for s in missing if s.key.frame in (0, 1)} == {StageKey(0, None, "decoded"), StageKey(1, None, "decoded")}
+    assert all(s.passed for s in result.stages if s.key.frame in (0, 1) and s.key.family != "decoded")
+    frame_2 = next(s for s in missing if s.key.frame == 2)
+    assert frame_2.explain() == "frame 2 missing in B (f2/controls.mouse)"

@@ -10,7 +10,8 @@ call as it was made, the cache pass and the KV cache after it. The frame's final
 the pipeline carries out of its denoise loop: the cache pass's input when there was one; the
 decode input otherwise (older revisions decode inside the frame loop). The PR head's denoising
 stage hands all latents to its decoding stage at the end (`batch.latents`); there the final latent
-(and so the last step's update) and the decoded image are written later, as the frame's `out` part.
+(and so the last step's update) and the decoded image are written later, as the frame's `out` part
+(when the stage raised before handing its latents on, the finished frames' cache-pass inputs).
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ class FrameWriter:
         final = None
         if self.latents_from_batch and self.batch_latents is not None and index < self.batch_latents.shape[2]:
             final = self.batch_latents[:, :, index].unsqueeze(1)
+        elif self.latents_from_batch and self.batch_latents is None and fr is not None and fr.cache is not None:
+            final = fr.cache.inputs["x"]  # the stage raised before handing its latents on: the latent its cache pass took
         if final is None and image is None:
             return
         self._late_done.add(index)
