@@ -406,3 +406,35 @@ def test_world_engine_inference_patches_are_applied_recorded_and_diffed(arch_ckp
     assert worst["step.velocity"] < 0.03 and worst["latent"] < 0.03
     with pytest.raises(UserError, match="needs model_dtype and sigma_dtype bfloat16"):
         runner.run(RunRequest(load_case(case_file), "upstream", tmp_path / "fp32", DEVICE, {**FP32, "world_engine_setup": "patches"}))
+
+
+def test_fastvideo_loader_choice():
+    from parity.fastvideo.generation import Generation
+    from parity.fastvideo.loaders import use_fastvideo_loader
+    from parity.fastvideo.options import parse_options
+
+    head, old = Generation("stages", "extra", "n"), Generation("streaming", "context", "n")
+    auto = parse_options({}, None)
+    assert use_fastvideo_loader(auto, "cuda", head) == (True, "auto: CUDA")
+    assert use_fastvideo_loader(auto, "cpu", head)[0] is False
+    assert use_fastvideo_loader(auto, "cuda:1", old)[0] is False
+    assert use_fastvideo_loader(parse_options({"loader": "direct"}, None), "cuda", head)[0] is False
+    with pytest.raises(UserError, match="loader=fastvideo needs a CUDA device"):
+        use_fastvideo_loader(parse_options({"loader": "fastvideo"}, None), "cpu", head)
+    with pytest.raises(UserError, match="option 'offload' must be default or off"):
+        parse_options({"offload": "gpu"}, None)
+
+
+@pytest.mark.skipif(not DEVICE.startswith("cuda"), reason="FastVideo's own loaders need CUDA (set WAYPOINT_PARITY_TEST_DEVICE=cuda)")
+def test_cuda_runs_go_through_fastvideos_own_loader(fastvideo_runs):
+    """On CUDA the head's bundle is loaded by FastVideo's build_pipeline / PipelineComponentLoader; the
+    manifest records what that path chose (and the parity tests above compare exactly those modules)."""
+    for (name, precision), run in fastvideo_runs.items():
+        if not _is_head_like(run):
+            continue
+        setup = json.loads((run / "manifest.json").read_text())["setup"]
+        print(name, precision, setup)
+        assert setup["summary"].startswith("FastVideo's own loader") and setup["loader_choice"] == "auto: CUDA"
+        assert setup["module_dtypes"]["transformer"] == {"fp32": "float32", "bf16": "bfloat16"}[precision]
+        assert setup["module_dtypes"]["transformer.denoise_step_emb"] == "float32"
+        assert setup["attention"].startswith("FastVideo default")
