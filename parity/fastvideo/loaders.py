@@ -172,4 +172,5 @@ def loaded_text_stage(built) -> SimpleNamespace:
     encoder = built.pipe.modules.get("text_encoder")
     return SimpleNamespace(emb=None, mask=None, source="encoded (FastVideo's text stage, encoder from its loader)",
                            encoder_class=f"{type(encoder).__module__}.{type(encoder).__name__}",
-                           encoder_dtype=built.module_dtypes.get("text_encoder", "unknown"), text_encoder=None, tokenizer=None)
+                           encoder_dtype=built.module_dtypes.get("text_encoder", "unknown"), text_encoder=None, tokenizer=None,
+                           why_no_encoder=None)

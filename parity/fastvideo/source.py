@@ -53,6 +53,9 @@ def import_fastvideo():
     ok, where = fastvideo_src_status()
     if not ok:
         raise UserError(where)
+    from parity.fastvideo import logs
+
+    logs.quiet()  # before the import: FastVideo logs (and configures logging) while importing
     try:
         import fastvideo  # noqa: F401
     except Exception as exc:  # a broken tree fails in many ways; the message is what matters
