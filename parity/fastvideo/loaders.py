@@ -167,10 +167,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def loaded_text_stage(built) -> SimpleNamespace:
-    """Native prompt encoding with the text encoder FastVideo's loader loaded (its own class and precision)."""
-    encoder = built.pipe.modules.get("text_encoder")
-    return SimpleNamespace(emb=None, mask=None, source="encoded (FastVideo's text stage, encoder from its loader)",
-                           encoder_class=f"{type(encoder).__module__}.{type(encoder).__name__}",
-                           encoder_dtype=built.module_dtypes.get("text_encoder", "unknown"), text_encoder=None, tokenizer=None,
-                           why_no_encoder=None)
+def loaded_text_stage(built, request) -> SimpleNamespace:
+    """The prompt namespace (as `parity.fastvideo.prompt.prepare_prompt` returns it) for modules FastVideo's
+    loader loaded: its own text encoder and tokenizer (its class, its precision), the shared prompt when
+    the run injects one."""
+    from parity import alignment
+
+    encoder, tokenizer = built.pipe.modules.get("text_encoder"), built.pipe.modules.get("tokenizer")
+    common = dict(encoder_class=f"{type(encoder).__module__}.{type(encoder).__name__}",
+                  encoder_dtype=built.module_dtypes.get("text_encoder", "unknown"), text_encoder=encoder,
+                  tokenizer=tokenizer, why_no_encoder=None if encoder is not None else "FastVideo's loader loaded no text encoder")
+    if request.prompt_from is not None:
+        emb, mask = alignment.load_shared_prompt(request.prompt_from)
+        return SimpleNamespace(emb=emb, mask=mask, source=f"injected from {request.prompt_from}", **common)
+    if encoder is None:
+        raise UserError("native prompt encoding needs the text encoder FastVideo's loader did not load", built.args.model_path)
+    return SimpleNamespace(emb=None, mask=None, source="encoded (FastVideo's text stage, encoder from its loader)", **common)
