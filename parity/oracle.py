@@ -32,7 +32,10 @@ INPUTS = ("A's prompt embedding and pad mask (injected, upcast exactly); noise d
 
 def oracle_options(dtype: str = ORACLE_DTYPE) -> dict[str, Any]:
     """Option overrides that turn a reference side into its oracle (inputs' dtypes are kept)."""
-    return {"model_dtype": dtype, "vae_dtype": dtype, "decode_input_dtype": "model", "compile_mode": "none"}
+    # world_engine's inference patches are bf16 lookup tables (same math as the plain model): the oracle runs
+    # the plain model in fp32
+    return {"model_dtype": dtype, "vae_dtype": dtype, "decode_input_dtype": "model", "compile_mode": "none",
+            "world_engine_setup": "none"}
 
 
 def needs_oracle(a: Capture, b: Capture) -> bool:

@@ -259,6 +259,10 @@ class ReferenceRunner:
             sigmas = teacher.sigmas(f, device, sigmas.dtype)
 
         def call(latent, sigma, where):
+            if sigma.dtype.itemsize < latent.dtype.itemsize:
+                # a narrower schedule (the fp32 oracle keeps A's bf16 sigmas) is upcast exactly: world_engine's
+                # model computes with sigma in the latent's dtype, as WorldEngine hands it over
+                sigma = sigma.to(latent.dtype)
             return checks.call_model(loaded.model, where, request.out_dir,
                 x=latent, sigma=sigma.reshape(1, 1), frame_timestamp=timestamp, prompt_emb=emb,
                 prompt_pad_mask=pad_mask, mouse=controls["mouse"], button=controls["button"],
