@@ -28,6 +28,7 @@ buffers on one side only: code that computes in forward what the other side keep
 from __future__ import annotations
 
 import ast
+import functools
 import inspect
 import json
 import math
@@ -79,9 +80,15 @@ def describe(components: dict[str, Any], *, cache=None, renames: dict[str, str] 
                 out["notes"].append(f"{name}: {type(obj).__name__} is not a torch module; not described")
                 continue
             mapping.update(getattr(module, "param_names_mapping", None) or {})
-            out["components"][name] = _describe_module(module)
+            try:
+                out["components"][name] = _describe_module(module)
+            except Exception as exc:  # describing must never cost the run; the diff says what is missing
+                out["notes"].append(f"{name}: not described ({type(exc).__name__}: {exc})")
         transformer = _as_module(components.get("transformer"))
-        out["kv_cache"] = _describe_cache(cache, transformer)
+        try:
+            out["kv_cache"] = _describe_cache(cache, transformer)
+        except Exception as exc:
+            out["kv_cache"] = {"layers": None, "how": f"not described ({type(exc).__name__}: {exc})"}
     out["renames"] = mapping
     return out
 
@@ -334,19 +341,10 @@ def _norm_calls(m, dtype, probes) -> dict[str, tuple[float | None, str]]:
     fn = getattr(type(m), "forward", None)
     if fn is None or getattr(fn, "__module__", "").startswith("torch."):
         return {}
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
-    except (OSError, TypeError, SyntaxError, IndentationError):
-        return {}
-    scope = dict(getattr(fn, "__globals__", {}))
+    scope = getattr(fn, "__globals__", {})
     out: dict[str, tuple[float | None, str]] = {}
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Call):
-            continue
-        dotted = _dotted(node.func)
-        if not dotted or "norm" not in dotted.split(".")[-1].lower() or dotted.startswith("self."):
-            continue
-        target = _resolve(dotted, scope)
+    for dotted, node in _norm_call_nodes(fn):
+        target = _resolve(dotted, scope)  # looked up now: a function patched at run time is the one probed
         if target is None or not callable(target):
             continue
         explicit = _explicit_eps(node, target, m)
@@ -357,6 +355,22 @@ def _norm_calls(m, dtype, probes) -> dict[str, tuple[float | None, str]]:
             how = PROBED if eps is not None else "not measurable standalone"
         out.setdefault(dotted, (eps, how))
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def _norm_call_nodes(fn) -> tuple[tuple[str, ast.Call], ...]:
+    """(callee name, call node) of every call in `fn`'s source to a `*norm*` function (not `self.*`)."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    except (OSError, TypeError, SyntaxError, IndentationError):
+        return ()
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            dotted = _dotted(node.func)
+            if dotted and "norm" in dotted.split(".")[-1].lower() and not dotted.startswith("self."):
+                out.append((dotted, node))
+    return tuple(out)
 
 
 def _dotted(node) -> str | None:

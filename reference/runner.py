@@ -179,7 +179,8 @@ class ReferenceRunner:
         writer.set("alignment", {"noise": case.alignment.noise, "prompt": case.alignment.prompt, "prompt_source": prompt_source})
 
         cache = loaded.cache_class(loaded.config, 1, model_dtype) if options.cache_mode == "ring" else None
-        structure.write(request.out_dir, structure.describe({"transformer": loaded.model, "vae": loaded.vae}, cache=cache))
+        if writer.policy.mode != "none":  # a bare benchmark run writes the manifest only
+            structure.write(request.out_dir, structure.describe({"transformer": loaded.model, "vae": loaded.vae}, cache=cache))
         if case.alignment.noise == "native" and options.noise_rule == "global":
             torch.manual_seed(case.seed)
         teacher = None
