@@ -622,8 +622,15 @@ class Finding:
     b: str
     how: str = ""
 
+    @property
+    def label(self) -> str:
+        """Where, as printed: transformer names as they are, other components prefixed."""
+        if self.component == "transformer" and self.where:
+            return self.where
+        return f"{self.component} {self.where}".strip()
+
     def line(self) -> str:
-        return f"{self.component} {self.where}: {self.what} {self.a} vs {self.b}"
+        return f"{self.label}: {self.what} {self.a} vs {self.b}"
 
 
 @dataclass
