@@ -8,6 +8,7 @@ Typical use:
     waypoint-parity compare reports/a reports/b     # config diff, stage table, first divergence
     waypoint-parity report reports/a reports/b -o reports/ab   # HTML report: open reports/ab/index.html
     waypoint-parity make-checkpoint /tmp/tiny --hf-cache
+    waypoint-parity bisect case.toml --repo ~/FastVideo --walk A..B   # which FastVideo commit changed parity
 
 The model defaults to the built-in tiny random-weight checkpoint; `--snapshot` takes a folder or a
 Hugging Face repo id found offline in the cache (its code runs only with --trust-remote-code).
@@ -64,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "join the shards' run folders with `merge`")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="run cases in N processes, one case each at a time; with cuda, worker k uses cuda:(k mod GPUs)")
+    p.add_argument("--no-oracle", action="store_true",
+                   help="judge pairs with a bf16/fp16 side by fixed dtype bounds instead of against A's fp32 oracle")
     p.set_defaults(handler=cmd_parity)
 
     p = sub.add_parser("merge", help="merge run folders (shards of a CI matrix) into one run folder with one index")
@@ -94,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--case", type=Path, help="take tolerances from this case file (default: those recorded in A)")
     p.add_argument("--floors", type=Path, help="calibrated floors.json (`calibrate`): a stage fails above 4x its floor")
     p.add_argument("--check", action="store_true", help="exit 1 when the comparison fails")
+    _oracle_args(p)
     p.set_defaults(handler=cmd_compare)
 
     p = sub.add_parser("report", help="write the HTML report of two captures: overview, stage pages, blur evidence, video")
@@ -108,11 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an `ablate` result: its page is copied into the report, its answer shown on the overview")
     p.add_argument("--diagnosis", type=Path, metavar="PATH/diagnosis.json",
                    help="a `diagnose` result: its page is copied into the report, its growth verdict shown on the overview")
+    _oracle_args(p)
     p.set_defaults(handler=cmd_report)
 
     from parity.diagnose.commands import add_commands
 
     add_commands(sub, _model_args)
+
+    from parity.bisect.commands import add_commands as add_bisect
+
+    add_bisect(sub, _model_args)
 
     p = sub.add_parser("verify", help="check a stored capture: manifest, every tensor's sha256, shape and dtype, frame count")
     p.add_argument("run", type=Path, help="capture folder")
@@ -128,12 +137,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "FastVideo's, found at run time) at a tiny size, written as DIR/overworld and DIR/fastvideo")
     p.add_argument("--size", choices=("tiny", "real"), default="tiny",
                    help="tiny (default), or real: Waypoint-1-Small's transformer dimensions with random bf16 weights (~5 GB), for timings")
+    p.add_argument("--device", help="--arch waypoint: where the weights are built and drawn (cuda: seconds at the real size; default cpu)")
     p.set_defaults(handler=cmd_make_checkpoint)
     return parser
 
 
 VERBOSE_HELP = ("show FastVideo's own log output on the console (default: it goes to fastvideo.log in the "
                 "FastVideo run folder)")
+
+
+def _oracle_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("oracle (pairs with a bf16/fp16 side)")
+    g.add_argument("--oracle", type=Path, metavar="DIR",
+                   help="the fp32 oracle capture of A (default: A.oracle-fp32 beside A, made there from A's manifest if missing)")
+    g.add_argument("--no-oracle", action="store_true", help="judge by fixed dtype bounds instead of against an oracle")
+    g.add_argument("--trust-remote-code", action="store_true", help="allow A's snapshot code to run when the oracle is made")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -150,21 +168,11 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", help="cpu, cuda, cuda:1 (default: $DEVICE, else cuda when available)")
 
 
-def _side_config(args):
-    from parity.environment import default_device
-    from parity.suite import SideConfig
-    from parity.tiny import ensure_checkpoint
-
-    snapshot = args.snapshot or ensure_checkpoint()
-    return SideConfig(snapshot=snapshot, trust_remote_code=args.trust_remote_code, text_encoder=args.text_encoder,
-                      hf_cache_dir=args.hf_cache_dir, fastvideo_bundle=args.fastvideo_bundle, code_source=args.code_source,
-                      device=args.device or default_device())
-
-
 def cmd_run(args) -> int:
     from parity.capture import CapturePolicy
     from parity.case import load_case
     from parity.runner import RunRequest
+    from parity.suite import SideConfig
     from reference.options import parse_cli_override
 
     case = load_case(args.case)
@@ -172,7 +180,7 @@ def cmd_run(args) -> int:
     overrides = dict(parse_cli_override(text) for text in args.option)
     if args.resume and args.side == "fastvideo":
         raise UserError("--resume applies to reference sides (upstream, script) only")
-    sides = _side_config(args)
+    sides = SideConfig.from_args(args)
     out = sides.runner(args.side).run(RunRequest(case, args.side, args.out, sides.device, overrides, args.prompt_from,
                                                       resume=args.resume, max_capture_bytes=args.max_capture_bytes,
                                                       capture=args.capture))
@@ -199,17 +207,39 @@ def _tolerances(args, a):
     return tolerances
 
 
+def _oracle(args, a, b):
+    """The oracle capture to judge A vs B against, or None (see parity.oracle)."""
+    from parity import oracle
+    from parity.capture import Capture
+
+    if args.oracle and args.no_oracle:
+        raise UserError("--oracle and --no-oracle exclude each other")
+    if args.oracle:
+        found = Capture.open(args.oracle)
+        oracle.check_oracle(found, a)
+        return found
+    if args.no_oracle or not oracle.needs_oracle(a, b):
+        return None
+    if not oracle.can_make_oracle(a):
+        print("no fp32 oracle: A is not a reference-runner capture; fixed dtype bounds apply")
+        return None
+    path = oracle.default_location(a.run_dir)
+    if not (path / "manifest.json").is_file():
+        print(f"making the fp32 oracle of A (once; reused by later comparisons): {path}")
+    return Capture.open(oracle.oracle_for(a, path, trust_remote_code=args.trust_remote_code))
+
+
 def cmd_compare(args) -> int:
     from parity.capture import Capture
     from parity.compare import compare_captures
-    from parity.output import SUMMARY, print_result, write_outputs
+    from parity.output import SUMMARY, console, print_result, write_outputs
 
     a, b = Capture.open(args.a), Capture.open(args.b)
     tolerances = _tolerances(args, a)
     if args.out and (args.out / SUMMARY).exists():
         raise UserError("already holds a comparison; choose another --out", args.out)
-    result = compare_captures(a, b, tolerances)
-    print_result(result, _console())
+    result = compare_captures(a, b, tolerances, oracle=_oracle(args, a, b))
+    print_result(result, console())
     if args.out:
         paths = write_outputs(result, args.out)
         print(f"summary: {paths['summary']}")
@@ -223,7 +253,7 @@ def cmd_report(args) -> int:
     from parity.report import write_report
 
     a, b = Capture.open(args.a), Capture.open(args.b)
-    result = compare_captures(a, b, _tolerances(args, a))
+    result = compare_captures(a, b, _tolerances(args, a), oracle=_oracle(args, a, b))
     out = args.out or Path("reports") / f"report-{a.name}__vs__{b.name}"
     started = time.perf_counter()
     index = write_report(result, out, attribution=args.attribution, diagnosis=args.diagnosis)
@@ -236,9 +266,10 @@ def cmd_parity(args) -> int:
     from datetime import datetime
 
     from parity.case import load_case
+    from parity.output import console as make_console
     from parity.output import print_result
     from parity.report import write_report, write_run_index
-    from parity.suite import CaseRunner, default_pairs, new_run_folder, write_index
+    from parity.suite import CaseRunner, SideConfig, default_pairs, new_run_folder, write_index
 
     from parity.shard import parse_shard, select_shard
 
@@ -249,19 +280,19 @@ def cmd_parity(args) -> int:
     cases = [load_case(f) for f in files]  # every case is validated before anything runs
     if shard:
         cases = select_shard(cases, shard, lambda c: c.name)
-    sides = _side_config(args)
-    pairs_default, fastvideo_note = default_pairs()
+    sides = SideConfig.from_args(args)
+    pairs_default, fastvideo_note = default_pairs(sides.fastvideo_bundle, sides.snapshot)
     notes = []
     if fastvideo_note:
         notes.append(f"FastVideo side skipped: {fastvideo_note}")
     out_root = new_run_folder(args.out_root, datetime.now().strftime("%Y%m%d-%H%M%S"))
-    console = _console()
+    console = make_console()
     console.print(f"model: {sides.snapshot} on {sides.device}")
     for note in notes:
         console.print(f"[yellow]{note}[/]")
     if args.workers > 1:
         return _parity_parallel(args, cases, sides, pairs_default, notes, out_root, console)
-    runner = CaseRunner(sides, out_root, log=console.print)
+    runner = CaseRunner(sides, out_root, log=console.print, oracle=not args.no_oracle)
     outcomes, reports, report_s = [], [], 0.0
     html_index = out_root / "index.html"
     for case in cases:
@@ -287,7 +318,7 @@ def _parity_parallel(args, cases, sides, pairs, notes, out_root: Path, console) 
     from parity.merge import write_run
     from parity.shard import run_cases_parallel
 
-    entries = run_cases_parallel(cases, sides, pairs, out_root, args.workers, log=console.print)
+    entries = run_cases_parallel(cases, sides, pairs, out_root, args.workers, log=console.print, oracle=not args.no_oracle)
     index, html_index = write_run(out_root, entries, notes)
     console.print(f"results: {out_root}  (index: {index})")
     print(f"report: {html_index}")
@@ -347,8 +378,8 @@ def cmd_make_checkpoint(args) -> int:
     if args.arch == "waypoint":
         from parity.tiny.waypoint_arch import make_waypoint_checkpoint
 
-        paths = make_waypoint_checkpoint(args.dir, seed=args.seed)
-        print(f"tiny real-architecture checkpoint written: snapshot {paths['snapshot']}, FastVideo bundle {paths['bundle']}")
+        paths = make_waypoint_checkpoint(args.dir, seed=args.seed, size=args.size, device=args.device or "cpu")
+        print(f"{args.size} real-architecture checkpoint written: snapshot {paths['snapshot']}, FastVideo bundle {paths['bundle']}")
         print(f"use it with --snapshot {paths['snapshot']} --code-source world_engine --fastvideo-bundle {paths['bundle']}")
         return 0
     from parity.tiny import make_checkpoint
@@ -358,10 +389,3 @@ def cmd_make_checkpoint(args) -> int:
     if args.hf_cache:
         print(f"use it offline with HF_HUB_CACHE={args.dir} and --snapshot {args.repo_id}")
     return 0
-
-
-def _console():
-    from rich.console import Console
-
-    # CI logs are not terminals; a fixed width keeps tables readable there instead of 80 columns.
-    return Console(width=None if sys.stdout.isatty() else 160)

@@ -6,7 +6,9 @@
       <case>/<a-label>__vs__<b-label>/        summary.json, stages.csv (and the HTML report)
 
 A side's capture is reused by every pair that needs the same run (upstream is run once per case
-even when it is compared with both the script and FastVideo).
+even when it is compared with both the script and FastVideo). A pair with a reduced-precision side
+is judged against the fp32 oracle of its A side (`parity.oracle`), made once per A capture as
+`<case>/captures/<A-label>.oracle-fp32/` and reused by every pair with that A.
 """
 
 from __future__ import annotations
@@ -38,6 +40,17 @@ class SideConfig:
     code_source: str = "snapshot"
     """Reference sides: `snapshot` (its own .py files) or `world_engine` (see reference.world_engine_code)."""
 
+    @classmethod
+    def from_args(cls, args) -> "SideConfig":
+        """From the command line's side options (`--snapshot`, `--device`, ...); the tiny checkpoint
+        when no snapshot is named."""
+        from parity.environment import default_device
+        from parity.tiny import ensure_checkpoint
+
+        return cls(snapshot=args.snapshot or ensure_checkpoint(), trust_remote_code=args.trust_remote_code,
+                   text_encoder=args.text_encoder, hf_cache_dir=args.hf_cache_dir, fastvideo_bundle=args.fastvideo_bundle,
+                   code_source=args.code_source, device=args.device or default_device())
+
     def runner(self, side: str) -> Runner:
         if side in ("upstream", "script"):
             from reference.runner import ReferenceRunner
@@ -53,13 +66,17 @@ class SideConfig:
         raise UserError(f"unknown side {side!r}")
 
 
-def default_pairs() -> tuple[tuple[Pair, ...], str | None]:
-    """upstream vs script always; upstream vs fastvideo when FastVideo can be imported.
+def default_pairs(fastvideo_bundle: str | Path | None = None, snapshot: str | Path | None = None,
+                  check_bundle: bool = True) -> tuple[tuple[Pair, ...], str | None]:
+    """upstream vs script always; upstream vs fastvideo when FastVideo can be imported and a FastVideo
+    bundle is named (or lies beside the snapshot; `check_bundle=False` asks about FastVideo only).
     Returns the pairs and, when FastVideo is left out, why."""
-    from parity.fastvideo import fastvideo_status
+    from parity.fastvideo import bundle_status, fastvideo_status
 
     pairs = [Pair("upstream", "script")]
-    ok, why = fastvideo_status()
+    ok, why = bundle_status(fastvideo_bundle, snapshot) if check_bundle else (True, "")
+    if ok:
+        ok, why = fastvideo_status()
     if ok:
         pairs.append(Pair("upstream", "fastvideo"))
     return tuple(pairs), (None if ok else why)
@@ -82,6 +99,8 @@ class CaseRunner:
     sides: SideConfig
     out_root: Path
     log: Callable[[str], None] = print
+    oracle: bool = True
+    """Judge pairs with a reduced-precision side against A's fp32 oracle (False: fixed dtype bounds)."""
     _captures: dict[str, Path] = field(default_factory=dict)
 
     def run_case(self, case: Case, pairs: tuple[Pair, ...]) -> list[PairOutcome]:
@@ -92,11 +111,26 @@ class CaseRunner:
             share = case.alignment.prompt == "shared"
             b_label = _label(pair.b, pair.b_options, a_label if share else None)
             b_dir = self._capture(case, pair.b, pair.b_options, b_label, prompt_from=a_dir if share else None)
-            result = compare_captures(Capture.open(a_dir), Capture.open(b_dir), case.tolerances)
+            a, b = Capture.open(a_dir), Capture.open(b_dir)
+            oracle = self._oracle(case, pair, a_label, a, b)
+            result = compare_captures(a, b, case.tolerances, oracle=oracle)
             out_dir = self.out_root / case.name / f"{a_label}__vs__{b_label}"
             write_outputs(result, out_dir)
             outcomes.append(PairOutcome(case, pair, a_dir, b_dir, out_dir, result))
         return outcomes
+
+    def _oracle(self, case: Case, pair: Pair, a_label: str, a: Capture, b: Capture) -> Capture | None:
+        from parity import oracle
+
+        if not (self.oracle and oracle.needs_oracle(a, b) and oracle.can_make_oracle(a)):
+            return None
+        key = f"{case.name}/{a_label}{oracle.SUFFIX}"
+        if key not in self._captures:
+            out = oracle.default_location(a.run_dir)
+            self.log(f"  run {case.name}: {a_label}{oracle.SUFFIX} (fp32 oracle of {a_label}, shared by its pairs)")
+            oracle.make_oracle(self.sides.runner(pair.a), case, pair.a, a.run_dir, out, self.sides.device, dict(pair.a_options))
+            self._captures[key] = out
+        return Capture.open(self._captures[key])
 
     def _capture(self, case: Case, side: str, options: dict, label: str, prompt_from: Path | None) -> Path:
         key = f"{case.name}/{label}"

@@ -124,3 +124,26 @@ def test_fp32_model_option_runs_in_fp32(small_case, run_side):
     cap = Capture.open(run_side(small_case, options={"model_dtype": "float32", "noise_dtype": "float32", "sigma_dtype": "float32", "vae_dtype": "float32"}))
     assert cap.tensor(StageKey(0, 0, "step.velocity")).dtype == torch.float32
     assert float(cap.tensor(StageKey(0, 1, "step.sigma"))) == pytest.approx(0.8609585762023926)
+
+
+def test_world_engine_setup_needs_world_engine_code_and_bf16(tiny_checkpoint, small_case, tmp_path):
+    from parity.errors import UserError
+    from parity.runner import RunRequest
+    from reference.options import resolve_options
+    from reference.runner import ReferenceRunner
+
+    with pytest.raises(UserError, match="needs model_dtype and sigma_dtype bfloat16"):
+        resolve_options("upstream", {"world_engine_setup": "patches", "model_dtype": "float32"})
+    with pytest.raises(UserError, match="leave 'compile_mode' at none"):
+        resolve_options("upstream", {"world_engine_setup": "inference", "compile_mode": "default"})
+    with pytest.raises(UserError, match="needs --code-source world_engine"):
+        ReferenceRunner(tiny_checkpoint).run(RunRequest(small_case, "upstream", tmp_path / "x", "cpu", {"world_engine_setup": "patches"}))
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_config_diff_shows_each_sides_inference_setup(small_case, run_side):
+    a = Capture.open(run_side(small_case, "upstream", "a"))
+    b = Capture.open(run_side(small_case, "upstream", "b", options={"sdpa_backend": "math"}))
+    assert a.manifest["setup"]["summary"] == "snapshot code; compile none; attention torch SDPA (default)"
+    row = next(r for r in compare_captures(a, b).config if r.field == "inference setup")
+    assert row.differs and row.b.endswith("attention torch SDPA (math)")

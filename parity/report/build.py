@@ -30,11 +30,13 @@ from typing import Any
 import numpy as np
 
 from parity.capture import Capture, StageKey
-from parity.compare import FAIL, PASS, ComparisonResult, StageResult
+from parity.compare import FAIL, ComparisonResult, StageResult
 from parity.errors import UserError
+from parity.output import oracle_summary
 from parity.metrics import HF_CUTOFF, PSNR_DATA_RANGE, SSIM_PARAMS, high_frequency_share, laplacian_variance
-from parity.report import images
+import parity.report.images as images
 from parity.report.svg import Series, line_chart
+from parity.report.templating import environment, family_page, stage_anchor
 
 REPORT_MARKER = "report.json"
 REPORT_SCHEMA = "waypoint-parity/report"
@@ -121,7 +123,7 @@ def write_report(result: ComparisonResult, out_dir: str | Path, *, run_index: Pa
     `attribution` / `diagnosis`: an attribution.json (`ablate`) / diagnosis.json (`diagnose`); their
     pages are rendered into the report (beside a copy of the JSON) and their one-line answers
     shown on the overview."""
-    from parity.report import diagnosis as diag
+    import parity.report.diagnosis as diag
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -154,6 +156,7 @@ def write_report(result: ComparisonResult, out_dir: str | Path, *, run_index: Pa
         "first": result.first_divergence, "first_value": result.first_value_divergence,
         "first_frame": result.first_divergent_frame,
         "families": [_family_entry(f) for f in families],
+        "oracle": oracle_summary(result),
         "config": [{"field": r.field, "a": r.text_a, "b": r.text_b, "differs": r.differs and r.kind != "designed",
                     "designed": r.differs and r.kind == "designed"} for r in result.config],
         "structure": _structure_entry(result),
@@ -173,7 +176,7 @@ def write_report(result: ComparisonResult, out_dir: str | Path, *, run_index: Pa
                             if extra[name]],
         **answers,
     }
-    env = _environment()
+    env = environment()
     _diagnosis_pages(out_dir, extra, ctx)
     _write(out_dir / "index.html", env.get_template("overview.html").render(page="overview", **ctx))
     _write(out_dir / "blur.html", env.get_template("blur.html").render(page="blur", charts=_blur_charts(art.rows, result), **ctx))
@@ -181,7 +184,7 @@ def write_report(result: ComparisonResult, out_dir: str | Path, *, run_index: Pa
         stages = [s for s in result.stages if s.key.family == fam.family]
         page = env.get_template("family.html").render(
             page=fam.family, fam=_family_entry(fam), stages=stages, note=FAMILY_NOTES.get(fam.family, ""),
-            charts=_family_charts(fam.family, stages, result.first_divergent_frame),
+            charts=_oracle_charts(fam.family, stages) + _family_charts(fam.family, stages, result.first_divergent_frame),
             heatmaps=[h for k, h in art.heatmaps.items() if StageKey.from_id(k).family == fam.family],
             **ctx)
         _write(out_dir / family_page(fam.family), page)
@@ -205,7 +208,7 @@ def write_run_index(out_root: str | Path, entries: list[dict[str, Any]], notes: 
                      "first_value": r.first_value_divergence.explain() if r.first_value_divergence else None,
                      "frame": r.first_divergent_frame, "href": os.path.relpath(e["report"], out_root),
                      "test_model": bool((r.a.manifest.get("model") or {}).get("test_model"))})
-    html = _environment().get_template("run_index.html").render(
+    html = environment().get_template("run_index.html").render(
         page="run", title=f"parity run {out_root.name}", rows=rows, notes=list(notes),
         passed=sum(r["passed"] for r in rows), test_model=any(r["test_model"] for r in rows))
     path = out_root / "index.html"
@@ -216,7 +219,7 @@ def write_run_index(out_root: str | Path, entries: list[dict[str, Any]], notes: 
 def _diagnosis_pages(out_dir: Path, extra: dict[str, Any], ctx: dict[str, Any]) -> None:
     """attribution.html / diagnosis.html inside the report, rendered from a copy of their JSON (and
     attribution.csv) so the report stays self-contained; stale copies of an earlier rendering go."""
-    from parity.report import diagnosis as diag
+    import parity.report.diagnosis as diag
 
     copies = {"attribution": ("attribution.json", "attribution.csv", diag.ATTRIBUTION_PAGE),
               "diagnosis": ("diagnosis.json", diag.DIAGNOSIS_PAGE)}
@@ -431,18 +434,32 @@ def _family_charts(family: str, stages: list[StageResult], first_frame: int | No
     return charts
 
 
+def _oracle_charts(family: str, stages: list[StageResult]) -> list:
+    """Both sides' distance from the oracle across frames (steps spread inside each frame), with
+    A's envelope (what B is allowed) and the stages where B leaves it."""
+    judged = [s for s in stages if s.oracle is not None and s.key.frame is not None]
+    if not judged:
+        return []
+    steps = max((s.key.step for s in judged if s.key.step is not None), default=0) + 1
+
+    def x(s: StageResult) -> float:
+        return s.key.frame + (s.key.step or 0) / steps
+
+    outside = [s for s in judged if not s.oracle.passed]
+    series = [Series("A vs oracle", [(x(s), _f(s.oracle.err_a)) for s in judged]),
+              Series("B vs oracle", [(x(s), _f(s.oracle.err_b)) for s in judged]),
+              Series("A's envelope (allowed B)", [(x(s), _f(s.oracle.allowed)) for s in judged]),
+              Series("B outside", [(x(s), _f(s.oracle.err_b) if not s.oracle.passed else math.nan) for s in judged])]
+    vl = [(x(outside[0]), "B leaves A's envelope")] if outside else []
+    where = "frame (steps spread within each frame)" if steps > 1 else "frame"
+    dtype = judged[0].oracle.oracle_dtype
+    return [line_chart(series, f"{family}: rel-L2 distance from the {dtype} oracle, A and B", vlines=vl, x_label=where)]
+
+
 def _family_entry(fam) -> dict[str, Any]:
     return {"family": fam.family, "stages": fam.stages, "failed": fam.failed, "passed": fam.passed, "worst": fam.worst,
+            "first_failing": fam.first_failing, "largest": fam.largest, "largest_oracle_ratio": fam.largest_oracle_ratio,
             "page": family_page(fam.family)}
-
-
-def family_page(family: str) -> str:
-    return f"stage-{family}.html"
-
-
-def stage_anchor(stage_id: str) -> str:
-    """`f3/step2.velocity` -> `f3-step2.velocity` (a valid id and file name)."""
-    return stage_id.replace("/", "-")
 
 
 # ---- manifest blocks ----------------------------------------------------------------------------
@@ -502,38 +519,11 @@ def fmt_value(value: Any) -> str:
     return str(value)
 
 
-def fmt_num(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return f"{value:.{digits}g}"
-    return str(value)
-
-
 def _f(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
 # ---- templates ----------------------------------------------------------------------------------
-
-_ENV = None
-
-
-def _environment():
-    global _ENV
-    if _ENV is None:
-        from jinja2 import Environment, PackageLoader, StrictUndefined
-
-        _ENV = Environment(loader=PackageLoader("parity.report", "templates"), autoescape=True,
-                           undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-        _ENV.filters["num"] = fmt_num
-        _ENV.globals.update(PASS=PASS, FAIL=FAIL, family_page=family_page, stage_anchor=stage_anchor)
-    return _ENV
-
 
 def _write(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8")
