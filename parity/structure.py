@@ -117,6 +117,9 @@ def read(run_dir: str | Path) -> dict[str, Any] | None:
     if data.get("schema_version") != SCHEMA_VERSION:
         raise UserError(f"structure schema version {data.get('schema_version')!r} is not supported "
                         f"(this harness reads version {SCHEMA_VERSION})", path)
+    for name, comp in data["components"].items():
+        if not isinstance(comp, dict) or not all(isinstance(comp.get(k), dict) for k in ("modules", "parameters", "buffers")):
+            raise UserError(f"structure description of {name!r} lacks its modules, parameters or buffers table", path)
     return data
 
 
@@ -691,6 +694,10 @@ def diff(a: dict[str, Any], b: dict[str, Any]) -> StructureDiff:
             continue
         _diff_component(comp, ca, cb, renames, result)
     _diff_cache(a.get("kv_cache"), b.get("kv_cache"), result)
+    for side, d in (("A", a), ("B", b)):
+        for note in d.get("notes") or []:
+            result.findings.append(Finding(INFO, "description", "", f"note of {side}", note if side == "A" else "",
+                                           note if side == "B" else ""))
     return result
 
 
