@@ -12,7 +12,8 @@ oracle is given or the family is an input or a case file sets its bound.
 Stages are aligned by the protocol (frame, step, family), never by sigma values: a 3-step side has
 no step 3, and that absence is itself a divergence, as is a cache pass that one side lacks or a
 shape that differs. Config differences are listed, not judged: the stage verdicts say whether they
-mattered.
+mattered. So is `result.structure`, the diff of the two live models' `structure.json`
+(`parity.structure`: modules, parameter shapes and dtypes, norm eps, heads, RoPE tables, windows).
 
 `first_divergence` is the earliest stage that is not a pass, whatever the kind (missing, shape,
 values). `first_value_divergence` is the earliest stage present on both sides with the same shape

@@ -235,8 +235,7 @@ def print_structure(diff, console) -> None:
     marks = {DIFFERS: (DIFFERS_MARK, "bold yellow"), DESIGNED: (DESIGNED_MARK, "cyan"), INFO: (INFO_MARK, "dim")}
     for f in shown:
         mark, style = marks[f.kind]
-        where = f"{f.component} {f.where}".strip()
-        table.add_row(mark, escape(where), escape(f.what), escape(f.a), escape(f.b), escape(f.how), style=style)
+        table.add_row(mark, escape(f.label), escape(f.what), escape(f.a), escape(f.b), escape(f.how), style=style)
     if infos:
         table.add_row(INFO_MARK, escape(notes), "", "", "", "", style="dim")
     console.print(table)

@@ -202,7 +202,8 @@ class ReferenceRunner:
         writer.set("alignment", {"noise": case.alignment.noise, "prompt": case.alignment.prompt, "prompt_source": prompt_source})
 
         cache = loaded.cache_class(loaded.config, 1, model_dtype) if options.cache_mode == "ring" else loaded.no_cache
-        structure.write(request.out_dir, structure.describe({"transformer": loaded.model, "vae": loaded.vae}, cache=cache))
+        if writer.policy.mode != "none":  # a bare benchmark run writes the manifest only
+            structure.write(request.out_dir, structure.describe({"transformer": loaded.model, "vae": loaded.vae}, cache=cache))
         ring = cache if options.cache_mode == "ring" else None
         writer.set("kv_layout", describe_cache(ring))
         kv = None
