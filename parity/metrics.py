@@ -108,22 +108,26 @@ def compare_arrays(a, b) -> Metrics:
 
 
 def _signed_components(a: np.ndarray, d: np.ndarray) -> dict[str, float]:
-    """bias, gain and their standard errors (see the module docstring); a and d finite, float64."""
+    """bias, gain and their standard errors (see the module docstring); a and d finite, float64.
+    Sums run on a / max|a| and d / max|d| (like `_norm`), so huge or tiny values neither overflow
+    nor underflow."""
     n = d.size
     if n == 0:
         return {"bias": 0.0, "bias_sigma": 0.0, "gain": 0.0, "gain_sigma": 0.0, "rms_a": 0.0}
-    bias = float(d.mean())
-    bias_sigma = float(d.std() / math.sqrt(n))
-    aa = float(np.dot(a.ravel(), a.ravel()))
-    if aa == 0.0 or not math.isfinite(aa):
+    unit_a, ua, sa = _norm(a.ravel())
+    _, ud, sd = _norm(d.ravel())
+    bias = float(ud.mean()) * sd
+    bias_sigma = float(ud.std()) / math.sqrt(n) * sd
+    if unit_a == 0.0:
         gain, gain_sigma = 0.0, 0.0
     else:
-        gain = float(np.dot(d.ravel(), a.ravel())) / aa
-        # heteroscedasticity-robust standard error of the least-squares slope through the origin
-        resid = (d - gain * a).ravel()
-        gain_sigma = float(math.sqrt(float(np.sum((a.ravel() * resid) ** 2)))) / aa
+        aa = unit_a * unit_a  # <a, a> / sa^2
+        g = float(np.dot(ud, ua)) / aa  # gain * sa / sd
+        resid = ud - g * ua
+        gain = _scaled_ratio(g, sd, 1.0, sa) if g else 0.0
+        gain_sigma = _scaled_ratio(float(np.sqrt(np.sum((ua * resid) ** 2))) / aa, sd, 1.0, sa)
     return {"bias": bias, "bias_sigma": bias_sigma, "gain": gain, "gain_sigma": gain_sigma,
-            "rms_a": math.sqrt(aa / n) if math.isfinite(aa) else math.inf}
+            "rms_a": unit_a / math.sqrt(n) * sa}
 
 
 def compare_frames(a, b) -> Metrics:

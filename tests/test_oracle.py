@@ -118,7 +118,8 @@ def test_oracle_manifest_says_what_it_is(runs):
     o = Capture.open(runs["o"])
     assert o.manifest["purpose"]["oracle_of"] == str(runs["a"])
     assert o.protocol["model_dtype"] == "float32" and o.protocol["vae_dtype"] == "float32"
-    assert o.protocol["noise_dtype"] == "bfloat16" and o.protocol["sigma_dtype"] == "bfloat16"
+    assert o.protocol["noise_dtype"] == "bfloat16"
+    assert o.protocol["sigmas"] == Capture.open(runs["a"]).protocol["sigmas"]  # A's rounded schedule, held in fp32
     assert o.protocol["prompt_source"].startswith("injected from")
 
 
