@@ -191,6 +191,76 @@ def _sqnr(norm_a: float, norm_d: float) -> float:
     return 20.0 * (math.log10(norm_a) - math.log10(norm_d))  # the quotient itself can underflow to 0
 
 
+@dataclass
+class Run:
+    """Stages [start, stop) of a sequence whose values are steadily off zero."""
+
+    start: int
+    stop: int
+    mean: float
+    z: float
+    """sum / sqrt(sum of each value's spread squared): the run's mean in standard errors."""
+
+
+MIN_RUN = 3
+"""A steady offset needs a few stages; one stage far off is the distance rule's business."""
+
+
+def strongest_run(values, groups=None, min_length: int = MIN_RUN, min_z: float | None = None,
+                  min_mean: float = 0.0) -> Run | None:
+    """The run of at least `min_length` consecutive values whose mean is furthest from 0 in units of
+    its standard error (a scan statistic): a steady offset over many stages stands out even when each
+    stage alone is within its noise. Each value's spread is the sample standard deviation of its
+    group (`groups`, e.g. the denoise step: the last, sharpest step wanders more than the first),
+    or of the whole sequence. With `min_z`: the earliest-starting run with |z| >= min_z and
+    |mean| > min_mean (where a steady offset begins), or None. None for fewer than `min_length`
+    values or no spread."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size < max(min_length, 3) or not np.all(np.isfinite(v)):
+        return None
+    keys = list(groups) if groups is not None else [0] * v.size
+    spread = np.empty_like(v)
+    overall = float(v.std(ddof=1))
+    for g in set(keys):
+        members = np.array([k == g for k in keys])
+        spread[members] = float(v[members].std(ddof=1)) if members.sum() >= 3 else overall
+    if not np.all(spread > 0):
+        return None
+    c = np.concatenate([[0.0], np.cumsum(v)])
+    c2 = np.concatenate([[0.0], np.cumsum(spread * spread)])
+    best = None
+    for i in range(v.size - min_length + 1):
+        stop = np.arange(i + min_length, v.size + 1)
+        z = (c[stop] - c[i]) / np.sqrt(c2[stop] - c2[i])
+        mean = (c[stop] - c[i]) / (stop - i)
+        ok = (np.abs(z) >= min_z) & (np.abs(mean) > min_mean) if min_z is not None else np.ones(z.size, bool)
+        if not ok.any():
+            continue
+        j = int(np.argmax(np.where(ok, np.abs(z), -1.0)))
+        if best is None or abs(z[j]) > abs(best.z):
+            best = Run(i, int(stop[j]), float(mean[j]), float(z[j]))
+    if best is None or min_z is None:
+        return best
+    start = _onset(v, spread, best.mean, best.stop)
+    if start < best.start:  # the detection's z stands; the run is reported from where the offset begins
+        best = Run(start, best.stop, float((c[best.stop] - c[start]) / (best.stop - start)), best.z)
+    return best
+
+
+def _onset(v: np.ndarray, spread: np.ndarray, shift: float, stop: int) -> int:
+    """Where an offset of `shift` begins, before `stop`: the last restart of a one-sided CUSUM
+    (Gaussian log-likelihood ratio of "offset `shift`" against "no offset") before its maximum."""
+    s, best, start, best_start = 0.0, -1.0, 0, 0
+    for k in range(stop):
+        d = shift / spread[k] ** 2
+        s = s + d * (v[k] - shift / 2)
+        if s <= 0:
+            s, start = 0.0, k + 1
+        elif s > best:
+            best, best_start = s, start
+    return best_start
+
+
 HF_CUTOFF = 0.25
 """High-frequency share: energy above this fraction of the Nyquist radius (of the luma spectrum)."""
 

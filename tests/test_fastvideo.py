@@ -331,9 +331,11 @@ def test_planted_bugs_against_the_oracle_in_bf16(bug, head_bf16, fastvideo_runs,
         return
     assert first is not None and first.status == "fail"
     if bug == "velocity_x1.001":
-        assert first.key == StageKey(0, 0, "step.velocity") and "gain" in first.oracle.failed
-    elif bug == "perturbed_sigma":  # first used as step 0's next sigma, in its update
-        assert first.key == StageKey(0, 0, "step.update")
+        # 256 latent values per stage: one stage's gain is +-5e-4 of noise, the steady +1e-3 over the run is not
+        assert first.key.family == "step.velocity" and first.key.frame == 0
+        assert first.oracle.systematic.component == "gain"
+    elif bug == "perturbed_sigma":  # first used as step 0's next sigma (its update), then exact and wrong at step 1
+        assert first.key in (StageKey(0, 0, "step.update"), StageKey(0, 1, "step.sigma"))
         assert not next(s for s in result.stages if s.key == StageKey(0, 1, "step.sigma")).passed
     else:  # local window 2 -> 1: frame 2 is the first whose history would reach back 2 frames
         assert first.key.family in ("step.velocity", "cache_pass.output") and first.key.frame == 2
