@@ -205,3 +205,20 @@ def test_truncating_vae_fails_in_bf16_against_the_oracle(runs, monkeypatch):
     assert result.first_divergence.key == StageKey(0, None, "decoded")
     found = decoded[0].oracle.systematic
     assert found.component == "bias" and found.mean == pytest.approx(-0.5, abs=0.1)
+
+
+def test_console_names_first_failing_and_largest_apart(runs, monkeypatch):
+    from rich.console import Console
+
+    from parity.output import print_result
+
+    _patched_load(monkeypatch, _scale_velocity(1.001))
+    result = _compare(runs, _run_b(runs, "b-scale-console"))
+    console = Console(record=True, width=250)
+    print_result(result, console)
+    text = console.export_text()
+    assert "first failing stage" in text and "largest error (B vs A)" in text and "against the fp32 oracle" in text
+    row = next(line for line in text.splitlines() if line.startswith("│ step.velocity "))
+    fam = next(f for f in result.families() if f.family == "step.velocity")
+    assert fam.first_failing.key.id == "f0/step0.velocity" and "f0/step0.velocity: systematic gain" in row
+    assert f"{fam.largest.key.id}: rel_l2" in row
