@@ -279,16 +279,25 @@ def _judge_against_oracle(stages: list[StageResult], ctx: _Context) -> None:
         same_dtype = [s for s in members if (ctx.vae_dtypes[0] == ctx.vae_dtypes[1] if decoded else s.dtype_a == s.dtype_b)]
         ids = [s.key.id for s in same_dtype]
         by_id = {s.key.id: s for s in same_dtype}
+        dtype_b = ctx.vae_dtypes[1] if decoded else (same_dtype[0].dtype_b if same_dtype else None)
         for component in ("gain", "bias"):
             deltas = [getattr(s.oracle, f"{component}_b") - getattr(s.oracle, f"{component}_a") for s in same_dtype]
-            found = judge_systematic(component, deltas, ids, [s.key.step for s in same_dtype],
-                                     ctx.vae_dtypes[1] if decoded else (same_dtype[0].dtype_b if same_dtype else None), decoded)
-            if found is not None and by_id[found.first].oracle.systematic is None:
-                by_id[found.first].oracle.systematic = found
+            _mark(judge_systematic(component, deltas, ids, [s.key.step for s in same_dtype], dtype_b, decoded), by_id)
+        # B's distance from the oracle steadily above A's: the norm's own steady part (stages either side gets exactly are left out)
+        measured = [s for s in members if s.oracle.err_a > 0 and s.oracle.err_b > 0]
+        _mark(judge_systematic("distance", [math.log(s.oracle.err_b / s.oracle.err_a) for s in measured],
+                               [s.key.id for s in measured], [s.key.step for s in measured], dtype_b, decoded),
+              {s.key.id: s for s in measured})
         for s in members:
             m = s.metrics
             if not (s.oracle.passed and m.nonfinite_a == 0 and m.nonfinite_b == 0):
                 s.status = FAIL
+
+
+def _mark(found, by_id: dict[str, StageResult]) -> None:
+    """A steady run fails at its first stage (the earliest finding there is kept)."""
+    if found is not None and by_id[found.first].oracle.systematic is None:
+        by_id[found.first].oracle.systematic = found
 
 
 @dataclass

@@ -242,7 +242,7 @@ def strongest_run(values, groups=None, min_length: int = MIN_RUN, min_z: float |
     if best is None or min_z is None:
         return best
     start = _onset(v, spread, best.mean, best.stop)
-    if start < best.start:  # the detection's z stands; the run is reported from where the offset begins
+    if start != best.start and start < best.stop:  # the detection's z stands; the run is reported from where the offset begins
         best = Run(start, best.stop, float((c[best.stop] - c[start]) / (best.stop - start)), best.z)
     return best
 

@@ -174,9 +174,13 @@ SYSTEMATIC_FLOOR_ULPS = 0.25
 finding even when it is steady (a 1.001 scale in bf16 is half the unit roundoff 2^-9)."""
 DECODED_BIAS_FLOOR = 0.1
 """Decoded frames: a steady bias of B beyond A's below 0.1 uint8 levels is not a finding."""
+DISTANCE_FLOOR = math.log(1.25)
+"""A B steadily further from the oracle than A by less than 25% on average is not a finding."""
 
 
-def systematic_floor(dtype_b: str | None, decoded: bool) -> float:
+def systematic_floor(component: str, dtype_b: str | None, decoded: bool) -> float:
+    if component == "distance":
+        return DISTANCE_FLOOR
     if decoded:
         return DECODED_BIAS_FLOOR
     return SYSTEMATIC_FLOOR_ULPS * UNIT_ROUNDOFF.get(dtype_b or "", 2.0**-9)
@@ -187,7 +191,8 @@ class Systematic:
     """A steady signed difference between B and A, measured against the oracle, over a run of stages."""
 
     component: str
-    """`gain` (least-squares scale) or `bias` (mean offset, relative to the oracle's rms; levels when decoded)."""
+    """`gain` (least-squares scale), `bias` (mean offset, relative to the oracle's rms; levels when
+    decoded) or `distance` (log of err_B / err_A)."""
     first: str
     last: str
     """Stage ids where the run starts and ends (execution order within the family)."""
@@ -201,6 +206,11 @@ class Systematic:
     def explain(self) -> str:
         from parity.numbers import vs
 
+        if self.component == "distance":
+            ratio, floor = vs(math.exp(self.mean), math.exp(self.floor))
+            return (f"B is steadily further from the oracle than A: {ratio}x A's distance on average over "
+                    f"{self.stages} stage(s) {self.first}..{self.last} (z = {self.z:+.1f}, rounding noise stays within "
+                    f"|z| < {SIGMAS:g}; allowed on average {floor}x)")
         unit = " levels" if self.component == "bias" and self.floor == DECODED_BIAS_FLOOR else ""
         mean, floor = vs(abs(self.mean), self.floor)
         return (f"systematic {self.component}: B's {self.component} against the oracle is {self.mean:+.3g}{unit} beyond A's "
@@ -214,8 +224,10 @@ def judge_systematic(component: str, deltas, ids: list[str], steps: list, dtype_
     and |mean| above `systematic_floor`; else None."""
     from parity.metrics import strongest_run
 
-    floor = systematic_floor(dtype_b, decoded)
+    floor = systematic_floor(component, dtype_b, decoded)
     run = strongest_run(deltas, steps, min_z=SIGMAS, min_mean=floor)
+    if run is not None and component == "distance" and run.mean < 0:
+        return None  # B steadily closer to the oracle than A is no finding
     if run is None:
         return None
     return Systematic(component, ids[run.start], ids[run.stop - 1], run.stop - run.start, run.mean, run.z, floor)
