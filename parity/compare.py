@@ -121,7 +121,7 @@ class StageResult:
         if self.oracle is not None:
             text = f"{self.key.where()}: {self.oracle.explain()}; B vs A rel_l2 {m.rel_l2:.3g}, max_abs {m.max_abs:.3g}"
         elif self.rule == EXACT:
-            text = f"{self.key.where()}: must be exact, max_abs {m.max_abs:.6g}, {m.changed_fraction:.3g} of values differ"
+            text = f"{self.key.where()}: must be exact, max_abs {m.max_abs:.6g}, {m.changed_fraction:.3%} of the values differ"
         else:
             rel, rel_t = vs(m.rel_l2, t.rel_l2)
             mx, mx_t = vs(m.max_abs, t.max_abs)
