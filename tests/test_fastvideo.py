@@ -290,8 +290,14 @@ def test_streaming_revisions_name_their_differences(fastvideo_runs, upstream):
         else:  # 640e654f3: the 4 config sigmas, per-frame generator
             assert "steps" not in rows
             assert "manual_seed(seed + frame)" in rows["noise rule"][1]
-        # first divergence: the first velocity (rms_norm eps 1e-6 in fp32, bf16 noise-level MLP in bf16)
-        assert result.first_value_divergence.key == StageKey(0, 0, "step.velocity")
+        if precision == "fp32":  # first divergence: the first velocity (rms_norm eps 1e-6)
+            assert result.first_value_divergence.key == StageKey(0, 0, "step.velocity")
+        else:
+            # In bf16 the old revisions are far closer to the fp32 oracle than upstream's bf16 run at
+            # frame 0 (measured 640e654f3: 0.0095 vs 0.178 at f0/step0.velocity): no divergence there by
+            # the oracle rule. From frame 2 on they are steadily further from it (4.2x on the cache pass).
+            fv = result.first_value_divergence
+            assert fv is not None and fv.key.frame <= 2 and fv.oracle is not None
 
 
 def test_fastvideo_runner_rejects_unknown_options():
