@@ -14,14 +14,17 @@ Every stage is judged by one of three rules (`stage_rule` picks it):
   systematic sub-ulp error (a 1.001 scale on a bf16 tensor is below one ulp per element), nor can
   it see anything smaller than the error both sides share: on the tiny real-architecture model both
   bf16 sides are 18% from the fp32 oracle but 1.2% from each other (the same ops round the same
-  way). So the signed part is judged too, pooled over the family: per stage, B's least-squares
-  gain and mean bias against the oracle minus A's (one number each; rounding makes it wander around
-  0 from stage to stage, a bug makes it steady). The earliest run of at least 3 consecutive stages
-  whose mean is |z| >= SIGMAS standard errors from 0 (each stage's spread measured over the frames
-  at its denoise step) and larger than a quarter of B's unit roundoff (decoded: 0.1 levels) fails
-  at its first stage: a 1.001 velocity scale is a steady +1e-3 from frame 0 on. Applied where A and B compute the stage in the same dtype (a B
-  that decodes in fp32 where A decodes in bf16 has a steady difference by design). The verdict
-  reads "B is 1.3x as far from the fp32 oracle as A" and names the run.
+  way). So the steady part is judged too, pooled over the family, from three numbers per stage:
+  B's least-squares gain against the oracle minus A's, B's mean bias minus A's, and
+  log(err_B / err_A). Rounding makes each wander around 0 from stage to stage; a bug makes it
+  steady. The earliest run of at least 3 consecutive stages whose mean is >= SIGMAS standard
+  errors from 0 (each stage's spread measured over the frames at its denoise step) and above a
+  floor (gain, bias: a quarter of B's unit roundoff, decoded bias 0.1 levels; distance: 1.25x)
+  fails at the stage where it begins: a 1.001 velocity scale is a steady +1e-3 from frame 0 on, a
+  one-frame-shorter window keeps B further from the oracle than A from the first frame it changes.
+  Gain and bias are judged where A and B compute the stage in the same dtype (a B that decodes in
+  fp32 where A decodes in bf16 differs steadily by design). The verdict reads "B is 1.3x as far
+  from the fp32 oracle as A" and names the run. Numbers: docs/oracle.md.
 - **dtype**: fixed bounds from the coarser dtype of the two sides, for captures compared without
   an oracle (stored captures, `--no-oracle`), for inputs the oracle copies from A (prompt
   embedding, native noise), and for stages where A runs finer than B (then A is nearly an oracle):
