@@ -226,7 +226,11 @@ def _oracle(args, a, b):
     path = oracle.default_location(a.run_dir)
     if not (path / "manifest.json").is_file():
         print(f"making the fp32 oracle of A (once; reused by later comparisons): {path}")
-    return Capture.open(oracle.oracle_for(a, path, trust_remote_code=args.trust_remote_code))
+    try:
+        return Capture.open(oracle.oracle_for(a, path, trust_remote_code=args.trust_remote_code))
+    except UserError as exc:  # a stored capture stays comparable: by fixed bounds, and the console says why
+        print(f"no fp32 oracle ({exc.one_line()}); fixed dtype bounds apply. Pass --oracle DIR, or --no-oracle to silence this")
+        return None
 
 
 def cmd_compare(args) -> int:
