@@ -122,7 +122,7 @@ class Recorder:
             return True
         if frozen_flag(kwargs.get("kv_cache")) is False:
             return True
-        if self._structural:
+        if self._structural or kwargs.get("sigma") is None:
             return False
         return bool((kwargs["sigma"] == 0).all())
 
