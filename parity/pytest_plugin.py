@@ -30,12 +30,13 @@ from pathlib import Path
 import pytest
 
 GROUPS = {
-    "prompt": ("prompt.embedding", "prompt.pad_mask"),
+    "prompt": ("prompt.embedding", "prompt.pad_mask", "prompt.native_embedding", "prompt.native_pad_mask"),
     "controls": ("controls.mouse", "controls.button", "controls.scroll"),
-    "noise": ("noise",),
-    "denoise": ("step.sigma", "step.input", "step.velocity", "step.update"),
+    "noise": ("noise.native", "noise"),
+    "denoise": ("step.sigma", "step.timestamp", "step.input", "step.velocity", "step.update"),
     "latent": ("latent",),
-    "cache_pass": ("cache_pass.input", "cache_pass.output"),
+    "cache_pass": ("cache_pass.sigma", "cache_pass.timestamp", "cache_pass.input", "cache_pass.output"),
+    "kv_cache": ("kv.frames", "kv.keys", "kv.values"),
     "decoded": ("decoded",),
 }
 """Test item per stage group; each group is a few stage families (see parity.tolerances.FAMILIES)."""
