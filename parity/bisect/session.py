@@ -257,14 +257,15 @@ def bisect(session: Session, good: str | None, bad: str) -> BisectResult:
         env = dict(os.environ)
         root = str(Path(parity.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-        proc = subprocess.run(["git", "-C", str(tree), "bisect", "run", *step], capture_output=True, text=True, env=env)
+        # stdout is git's (parsed below); each step's progress line goes to stderr, straight through
+        proc = subprocess.run(["git", "-C", str(tree), "bisect", "run", *step], stdout=subprocess.PIPE, text=True, env=env)
         log = repo.git("bisect", "log", cwd=tree, check=False)
         repo.git("bisect", "reset", cwd=tree, check=False)
-    (session.out / "git-bisect.txt").write_text(proc.stdout + proc.stderr)
+    (session.out / "git-bisect.txt").write_text(proc.stdout)
     found = re.search(rf"^([0-9a-f]{{40}}) is the first {re.escape(terms.new)} commit", proc.stdout, re.M)
     candidates = re.findall(r"^([0-9a-f]{40})$", proc.stdout, re.M) if "only 'skip'ped commits left" in proc.stdout else []
     if found is None and not candidates:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        tail = proc.stdout.strip().splitlines()[-3:]
         raise UserError(f"git bisect run did not finish: {' / '.join(tail)}", session.out / "git-bisect.txt")
     tested = _bisect_order(log)
     rows = [r for r in (session.row(sha) for sha in [old.sha, new.sha] + tested) if r is not None]
