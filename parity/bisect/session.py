@@ -204,7 +204,7 @@ class BisectResult:
     terms: Terms
     old: Commit
     new: Commit
-    criterion: str
+    criterion: Criterion
     rows: list[CommitRow]
     """Every tested commit, in the order bisect tested them."""
     before: CommitRow | None = None
@@ -272,7 +272,7 @@ def bisect(session: Session, good: str | None, bad: str) -> BisectResult:
     for r in rows:
         if r.status == TESTED:
             r.label = terms.label(criterion.failed(r))
-    result = BisectResult(repo.commit(found.group(1)) if found else None, terms, old, new, criterion.describe(), rows,
+    result = BisectResult(repo.commit(found.group(1)) if found else None, terms, old, new, criterion, rows,
                           candidates=candidates, log=log)
     if result.first is not None:
         result.after = session.row(result.first.sha)
