@@ -6,12 +6,14 @@ In one process, on `make-checkpoint --arch waypoint --size real` (Waypoint-1-Sma
 bf16 weights, drawn on the GPU), both sides bf16, shared noise and prompt. Steps, each timed and written
 to DIR/summary.json as soon as it ends (a step that fails records its error; later steps still run):
 1. checkpoint (or --checkpoint)                    -> seconds to write both layouts
-2. parity, fully captured: upstream --full frames, FastVideo the same, compared
+2. parity, fully captured (KV caches as statistics, `kv:digest`: full K/V is ~0.46 GB a frame at this
+   size): upstream --full frames, FastVideo the same, compared
 3. parity, long: upstream --frames frames with `every:K` capture, FastVideo the same frames, compared;
    compare + summary + HTML report time against both sides' generation time
 4. upstream cost: the harness's loop without capture vs a bare loop over the same modules (no
    harness code), eager; then >= 50 frames alternating captured / not captured in one loop, each
-   frame timed with CUDA events -> capture overhead ratio with its spread
+   frame timed with CUDA events -> capture overhead ratio with its spread (stages only: the KV view
+   is not captured in this loop)
 5. FastVideo cost: FastVideo's own stage loop over the loaded pipeline, bare vs under the harness's hooks
 6. peak GPU memory of each side and of the two-sided process
 7. compiled upstream (torch.compile default) harness loop vs bare loop
@@ -43,6 +45,11 @@ def main() -> int:
     p.add_argument("--bare-frames", type=int, default=40)
     p.add_argument("--skip", default="", help="comma-separated step names to leave out")
     p.add_argument("--device", default="cuda")
+    p.add_argument("--up-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="upstream option for every upstream run, e.g. compile_mode=default (eager world_engine runs "
+                        "flex attention unfused: ~1.6 s a frame at the real size on an H200)")
+    p.add_argument("--fv-long-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="FastVideo option for the long run and the cost step, e.g. offload=off")
     p.add_argument("--size", default="real", choices=("tiny", "real"), help="tiny: a CPU smoke test of this script")
     args = p.parse_args()
 
@@ -80,6 +87,11 @@ def main() -> int:
         return wrap
 
     ckpt = args.checkpoint or args.out / "ckpt"
+    from reference.options import parse_cli_override
+
+    up_opts = dict(parse_cli_override(t) for t in args.up_opt)
+    fv_long = dict(parse_cli_override(t) for t in args.fv_long_opt)
+    summary.update(upstream_options=up_opts, fastvideo_long_options=fv_long)
 
     @step("checkpoint")
     def _():
@@ -99,7 +111,7 @@ def main() -> int:
         return parse_case({"name": f"real{frames}", "prompt": PROMPT, "seed": 42, "frames": frames,
                            "controls": {"buttons": [17], "mouse": [0.1, -0.05], "segments": segments}}, None)
 
-    def upstream(label, frames, capture="full", options=None):
+    def upstream(label, frames, capture="full,kv:digest", options=None):
         from parity.runner import RunRequest
         from reference.runner import ReferenceRunner
 
@@ -113,14 +125,14 @@ def main() -> int:
                      "frame_ms_median": round(1000 * statistics.median(ft[2:] or ft), 2),
                      "first_frame_s": ft[0], "setup": m.get("setup")}
 
-    def fastvideo(label, frames, prompt_from, options=None):
+    def fastvideo(label, frames, prompt_from, options=None, capture="full,kv:digest"):
         from parity.fastvideo.runner import FastVideoRunner
         from parity.runner import RunRequest
 
         out = args.out / label
         t0 = time.perf_counter()
         FastVideoRunner(bundle=bundle, snapshot=snapshot).run(
-            RunRequest(case(frames), "fastvideo", out, device, dict(options or {}), prompt_from))
+            RunRequest(case(frames), "fastvideo", out, device, dict(options or {}), prompt_from, capture=capture))
         m = json.loads((out / "manifest.json").read_text())
         return out, {"wall_s": round(time.perf_counter() - t0, 2), "generation_s": m.get("elapsed_s"),
                      "setup": m.get("setup"), "attention": m["fastvideo"].get("attention")}
@@ -163,31 +175,29 @@ def main() -> int:
     @step("parity_full")
     def _():
         _reset_peak(device)
-        up, a = upstream("up-full", args.full)
+        up, a = upstream("up-full", args.full, options=up_opts)
         peaks["upstream"] = _peak(device)
         _reset_peak(device)
-        fv, b = fastvideo("fv-full", args.full, up)
+        try:
+            fv, b = fastvideo("fv-full", args.full, up)
+        except Exception as exc:  # keep the upstream figures
+            return {"upstream": a, "fastvideo_error": f"{type(exc).__name__}: {exc}"}
         peaks["fastvideo"] = _peak(device)
         return {"upstream": a, "fastvideo": b, "compare": compare(up, fv, "cmp-full")}
 
     @step("parity_long")
     def _():
         _reset_peak(device)
-        up, a = upstream("up-long", args.frames, capture=f"every:{args.every}")
-        fv, b = fastvideo("fv-long", args.frames, up)
+        up, a = upstream("up-long", args.frames, capture=f"every:{args.every},kv:digest", options=up_opts)
+        try:
+            fv, b = fastvideo("fv-long", args.frames, up, options=fv_long, capture=f"every:{args.every},kv:digest")
+        except Exception as exc:  # keep the upstream figures
+            return {"upstream": a, "fastvideo_error": f"{type(exc).__name__}: {exc}"}
         peaks["two_sided"] = _peak(device)  # nothing freed by hand between sides
         c = compare(up, fv, "cmp-long")
         gen = a["generation_s"] + (b["generation_s"] or 0)
         c["compare_plus_report_over_generation"] = round((c["compare_s"] + c["report_s"]) / gen, 4) if gen else None
         return {"upstream": a, "fastvideo": b, "compare": c}
-
-    @step("upstream_cost")
-    def _():
-        return upstream_cost(snapshot, case, device, args.bare_frames, args.alternate, args.out, compile_mode="none")
-
-    @step("fastvideo_cost")
-    def _():
-        return fastvideo_cost(bundle, case, device, args.bare_frames)
 
     @step("memory")
     def _():
@@ -197,7 +207,15 @@ def main() -> int:
 
     @step("upstream_cost_compiled")
     def _():
-        return upstream_cost(snapshot, case, device, args.bare_frames, 0, args.out, compile_mode="default")
+        return upstream_cost(snapshot, case, device, args.bare_frames, args.alternate, args.out, compile_mode="default")
+
+    @step("fastvideo_cost")
+    def _():
+        return fastvideo_cost(bundle, case, device, args.bare_frames, fv_long)
+
+    @step("upstream_cost")
+    def _():
+        return upstream_cost(snapshot, case, device, args.bare_frames, args.alternate, args.out, compile_mode="none")
 
     print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "trace"} for k, v in summary["steps"].items()}, indent=1, default=str)[-6000:])
     return 0
@@ -339,12 +357,13 @@ def upstream_cost(snapshot, case, device, bare_frames, alternate, out, compile_m
     return result
 
 
-def fastvideo_cost(bundle, case, device, frames):
+def fastvideo_cost(bundle, case, device, frames, options=None):
     """FastVideo's own stage loop over its loaded pipeline: bare, then with the harness's recorder hooks."""
     import torch
 
     from parity.fastvideo.build import cpu_attention
     from parity.fastvideo.generation import detect_generation
+    from parity.capture import CapturePolicy
     from parity.fastvideo.hooks import Recorder
     from parity.fastvideo.loaders import load_with_fastvideo
     from parity.fastvideo.options import parse_options
@@ -353,7 +372,7 @@ def fastvideo_cost(bundle, case, device, frames):
 
     import_fastvideo()
     generation = detect_generation()
-    opts = parse_options({}, None)
+    opts = parse_options(dict(options or {}), None)
     from parity.fastvideo.build import build_modules, make_pipeline
     from types import SimpleNamespace
 
@@ -377,8 +396,11 @@ def fastvideo_cost(bundle, case, device, frames):
         batch = ForwardBatch(data_type="t2v", prompt=None, seed=42, num_frames=frames, keyboard_cond=keyboard,
                              mouse_cond=torch.zeros(1, frames, 2), scroll_cond=torch.zeros(1, frames, 1),
                              extra={"waypoint_prompt_emb": emb, "waypoint_prompt_pad_mask": pad})
-        rec = Recorder(42, frames, tuple(latent_shape(built.arch)), shared=True)
-        ctx = rec.installed(built.model, built.vae) if hooked else contextlib.nullcontext()
+        shape = tuple(latent_shape(built.arch))
+        rec = Recorder(42, shape, shared=True, tokens_per_frame=int(built.arch.tokens_per_frame),
+                       kv_mode=CapturePolicy.parse("full").kv, on_frame=lambda frame: None, on_decode=lambda *a: None)
+        owner = next((s for s in pipe.stages if hasattr(s, "_cache_pass")), None)
+        ctx = rec.installed(built.model, built.vae, owner) if hooked else contextlib.nullcontext()
         timer = _Timer(device)
         t = timer.start()
         with ctx, torch.no_grad():

@@ -1,6 +1,7 @@
 """Benchmark: what the harness costs on top of the pipeline it measures.
 
     python benchmarks/run.py --size real --device cuda --frames 24 [--compile default] [--json out.json]
+    python benchmarks/run.py --arch waypoint --size real --device cuda ...   # world_engine's classes (WORLD_ENGINE_SRC)
     make bench ARGS="--size real --device cuda"
 
 In one process, on the random-weight checkpoint (`--size real`: Waypoint-1-Small's dimensions):
@@ -28,6 +29,9 @@ from pathlib import Path
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", choices=("tiny", "real"), default="tiny")
+    p.add_argument("--arch", choices=("stand-in", "waypoint"), default="stand-in",
+                   help="waypoint: the real classes (world_engine's WorldModel, WORLD_ENGINE_SRC), checkpoint from "
+                        "`make-checkpoint --arch waypoint` drawn on the device; stand-in: the built-in model")
     p.add_argument("--device", default=None)
     p.add_argument("--frames", type=int, default=12)
     p.add_argument("--compile", default="none", choices=("none", "default", "reduce-overhead", "max-autotune"))
@@ -51,7 +55,15 @@ def main() -> int:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="wp-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
-    ckpt = args.checkpoint or make_checkpoint(work / f"ckpt-{args.size}", size=args.size)
+    code_source = "snapshot"
+    if args.arch == "waypoint":
+        from parity.tiny.waypoint_arch import make_waypoint_checkpoint
+
+        code_source = "world_engine"
+        folder = args.checkpoint or make_waypoint_checkpoint(work / f"wp-{args.size}", size=args.size, device=device)["snapshot"].parent
+        ckpt = Path(folder) / "overworld"
+    else:
+        ckpt = args.checkpoint or make_checkpoint(work / f"ckpt-{args.size}", size=args.size)
     checkpoint_s = time.perf_counter() - t
     case = parse_case({"name": "bench", "prompt": "A first-person gameplay video exploring a stylized world.",
                        "seed": 42, "frames": args.frames, "controls": {"buttons": [17]}}, None)
@@ -73,7 +85,7 @@ def main() -> int:
     def run(label, side, capture="full", prompt_from=None):
         out = work / label
         t0 = time.perf_counter()
-        ReferenceRunner(ckpt, profile=side).run(RunRequest(case, side, out, device, dict(options), prompt_from, capture=capture))
+        ReferenceRunner(ckpt, profile=side, code_source=code_source).run(RunRequest(case, side, out, device, dict(options), prompt_from, capture=capture))
         wall = time.perf_counter() - t0
         manifest = json.loads((out / "manifest.json").read_text())
         frames = manifest["frame_times_s"]
@@ -132,7 +144,7 @@ def main() -> int:
     generation = full["generation_s"] + script["generation_s"]
     summary = {
         "device": torch.cuda.get_device_name(device) if cuda else "cpu",
-        "torch": torch.__version__, "size": args.size, "frames": args.frames, "compile": args.compile,
+        "torch": torch.__version__, "size": args.size, "arch": args.arch, "frames": args.frames, "compile": args.compile,
         "checkpoint_s": checkpoint_s, "runs": results,
         "capture_overhead_ratio": (statistics.median(full_times) / statistics.median(bare_times) - 1.0) if bare_times else None,
         "two_sided_peak_gib": peak_two,
@@ -150,7 +162,7 @@ def _print(s: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"waypoint-parity benchmark: {s['size']} model, {s['frames']} frames, {s['device']}, compile={s['compile']}")
+    table = Table(title=f"waypoint-parity benchmark: {s['size']} {s.get('arch', 'stand-in')} model, {s['frames']} frames, {s['device']}, compile={s['compile']}")
     for col in ("run", "frame ms", "fps", "first-frame extra s", "peak GPU GiB", "MB written / frame"):
         table.add_column(col, justify="right")
     for r in s["runs"]:

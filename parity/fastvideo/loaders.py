@@ -15,8 +15,10 @@ and records what that path chose: the loader, each module's dtype, the offload a
 settings, the attention FastVideo runs.
 
 What the harness changes, each recorded:
+- the `VideoGenerator` arguments are those of FastVideo's own Waypoint example (`offload=example`, the
+  default; `offload=defaults` takes `VideoGenerator`'s bare defaults, `offload=off` keeps everything on
+  the GPU; see `EXAMPLE_KWARGS`);
 - options `precision` / `vae_precision` / `sigmas` are set on the pipeline config before loading;
-  `offload=off` turns FastVideo's default CPU offload (layer-wise for the DiT) off;
 - a bundle whose transformer differs from FastVideo's default Waypoint architecture has its
   architecture copied into `pipeline_config.dit_config` (the denoising stage takes the latent shape
   from there, the loader only updates a copy); at Waypoint-1-Small's size nothing is copied.
@@ -41,6 +43,14 @@ LOADER = ("FastVideo's own loader: build_pipeline(FastVideoArgs from api.compat,
           "WaypointPipeline.load_modules (PipelineComponentLoader), post_init, in-process")
 _OFFLOAD_OFF = {"dit_cpu_offload": False, "dit_layerwise_offload": False, "text_encoder_cpu_offload": False,
                 "vae_cpu_offload": False}
+EXAMPLE_KWARGS = {"use_fsdp_inference": False, "dit_cpu_offload": True, "vae_cpu_offload": False,
+                  "text_encoder_cpu_offload": True, "pin_cpu_memory": True}
+"""What FastVideo's own Waypoint example (`examples/inference/basic/basic_waypoint.py`, PR #1058 head) passes
+to `VideoGenerator.from_pretrained` beside `num_gpus=1`. `VideoGenerator`'s bare defaults keep the VAE on
+the CPU (`vae_cpu_offload=True`), and `WaypointDecodingStage`, unlike FastVideo's generic decoding stage,
+never moves it to the GPU: the first decode fails with "Input type (torch.cuda.FloatTensor) and weight
+type (torch.FloatTensor) should be the same" (seen on an H200); the example turns that offload off."""
+OFFLOAD_KWARGS = {"example": EXAMPLE_KWARGS, "defaults": {}, "off": _OFFLOAD_OFF}
 
 
 def use_fastvideo_loader(opts: dict[str, Any], device: str, generation: Generation) -> tuple[bool, str]:
@@ -78,9 +88,7 @@ def load_with_fastvideo(bundle: Path, opts: dict[str, Any], device: str, generat
     from fastvideo.distributed import maybe_init_distributed_environment_and_model_parallel
     from fastvideo.pipelines import build_pipeline
 
-    kwargs: dict[str, Any] = {"num_gpus": 1}
-    if opts.get("offload") == "off":
-        kwargs.update(_OFFLOAD_OFF)
+    kwargs: dict[str, Any] = {"num_gpus": 1, **OFFLOAD_KWARGS[opts.get("offload", "example")]}
     args = generator_config_to_fastvideo_args(legacy_from_pretrained_to_config(str(bundle), kwargs))
     pc = args.pipeline_config
     config = snap.read_json(bundle / "transformer" / "config.json")
@@ -117,7 +125,8 @@ def load_with_fastvideo(bundle: Path, opts: dict[str, Any], device: str, generat
         module_dtypes["transformer.denoise_step_emb"] = dtype_name(next(model.denoise_step_emb.parameters()).dtype)
     if text_encoder is not None and hasattr(text_encoder, "parameters"):
         module_dtypes["text_encoder"] = dtype_name(next(text_encoder.parameters()).dtype)
-    offload = {k: getattr(args, k, None) for k in _OFFLOAD_OFF}
+    offload = {"option": opts.get("offload", "example"), "kwargs": kwargs,
+               **{k: getattr(args, k, None) for k in (*_OFFLOAD_OFF, "use_fsdp_inference", "pin_cpu_memory")}}
     compile_ = "torch.compile (enable_torch_compile)" if getattr(args, "enable_torch_compile", False) else "none"
     return SimpleNamespace(
         model=model, vae=vae, pc=pc, arch=arch, config=config, resolved={**resolved, "arch_copied_to_dit_config": copied},
@@ -158,10 +167,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def loaded_text_stage(built) -> SimpleNamespace:
-    """Native prompt encoding with the text encoder FastVideo's loader loaded (its own class and precision)."""
-    encoder = built.pipe.modules.get("text_encoder")
-    return SimpleNamespace(emb=None, mask=None, source="encoded (FastVideo's text stage, encoder from its loader)",
-                           encoder_class=f"{type(encoder).__module__}.{type(encoder).__name__}",
-                           encoder_dtype=built.module_dtypes.get("text_encoder", "unknown"), text_encoder=None, tokenizer=None,
-                           why_no_encoder=None)
+def loaded_text_stage(built, request) -> SimpleNamespace:
+    """The prompt namespace (as `parity.fastvideo.prompt.prepare_prompt` returns it) for modules FastVideo's
+    loader loaded: its own text encoder and tokenizer (its class, its precision), the shared prompt when
+    the run injects one."""
+    from parity import alignment
+
+    encoder, tokenizer = built.pipe.modules.get("text_encoder"), built.pipe.modules.get("tokenizer")
+    common = dict(encoder_class=f"{type(encoder).__module__}.{type(encoder).__name__}",
+                  encoder_dtype=built.module_dtypes.get("text_encoder", "unknown"), text_encoder=encoder,
+                  tokenizer=tokenizer, why_no_encoder=None if encoder is not None else "FastVideo's loader loaded no text encoder")
+    if request.prompt_from is not None:
+        emb, mask = alignment.load_shared_prompt(request.prompt_from)
+        return SimpleNamespace(emb=emb, mask=mask, source=f"injected from {request.prompt_from}", **common)
+    if encoder is None:
+        raise UserError("native prompt encoding needs the text encoder FastVideo's loader did not load", built.args.model_path)
+    return SimpleNamespace(emb=None, mask=None, source="encoded (FastVideo's text stage, encoder from its loader)", **common)

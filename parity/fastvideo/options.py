@@ -6,7 +6,9 @@
 - `attention`: "auto" (SDPA on CPU, FastVideo's default elsewhere), "sdpa" or "native"
 - `loader`: "auto" (FastVideo's own loader on CUDA for the PR head's stage pipeline, the direct build
   otherwise), "fastvideo" or "direct" (see `parity.fastvideo.loaders` and `parity.fastvideo.build`)
-- `offload`: "default" (FastVideo's own CPU-offload defaults, layer-wise for the DiT) or "off"
+- `offload`: "example" (the `VideoGenerator` arguments of FastVideo's own Waypoint example: VAE on
+  the GPU, DiT and text encoder offloaded as it asks), "defaults" (`VideoGenerator`'s bare defaults,
+  whose CPU-resident VAE the Waypoint decoding stage does not move: decoding fails) or "off"
   (everything on the GPU); only FastVideo's loader reads it
 """
 
@@ -24,7 +26,7 @@ def parse_options(raw: dict[str, Any], source) -> dict[str, Any]:
     from reference.options import check_schedule
 
     out: dict[str, Any] = {"precision": None, "vae_precision": None, "sigmas": None, "attention": "auto", "loader": "auto",
-                           "offload": "default"}
+                           "offload": "example"}
     for key, value in raw.items():
         if key not in OPTION_KEYS:
             raise UserError(f"unknown FastVideo option {key!r}; known: {', '.join(OPTION_KEYS)}", source)
@@ -43,8 +45,8 @@ def parse_options(raw: dict[str, Any], source) -> dict[str, Any]:
             raise UserError(f"option 'attention' must be auto, sdpa or native, got {value!r}", source)
         elif key == "loader" and value not in ("auto", "fastvideo", "direct"):
             raise UserError(f"option 'loader' must be auto, fastvideo or direct, got {value!r}", source)
-        elif key == "offload" and value not in ("default", "off"):
-            raise UserError(f"option 'offload' must be default or off, got {value!r}", source)
+        elif key == "offload" and value not in ("example", "defaults", "off"):
+            raise UserError(f"option 'offload' must be example, defaults or off, got {value!r}", source)
         out[key] = value
     return out
 

@@ -84,8 +84,8 @@ class FastVideoRunner:
             notice = attention_notice(attention, model_dtype(built.model))
             if notice:
                 print(notice, file=sys.stderr, flush=True)
-            if use_loader and request.prompt_from is None:
-                prompt = loaded_text_stage(built)
+            if use_loader:
+                prompt = loaded_text_stage(built, request)
             else:
                 prompt = prepare_prompt(request, bundle, built, device)
             pipe, args = make_pipeline(built, generation, pipeline_text_modules(prompt, generation))

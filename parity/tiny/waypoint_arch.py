@@ -280,8 +280,12 @@ def _write(root: Path, seed: int, transformer_sd: dict, vae_sd: dict, provenance
     (snap / "text_encoder").mkdir()
     _write_json(snap / "text_encoder" / "config.json", te_config)
     encoder = UMT5EncoderModel(UMT5Config(**te_config))
-    _save(_randomised(encoder.state_dict(), torch.Generator().manual_seed(seed + 1), skip_tied=True),
-          snap / "text_encoder" / "model.safetensors")
+    te_state = _randomised(encoder.state_dict(), torch.Generator().manual_seed(seed + 1), skip_tied=True)
+    # transformers ties `shared` to `encoder.embed_tokens`; FastVideo's own text-encoder loader wants
+    # both names in the file (as google/umt5-xl has them)
+    if "shared.weight" not in te_state and "encoder.embed_tokens.weight" in te_state:
+        te_state["shared.weight"] = te_state["encoder.embed_tokens.weight"].clone()
+    _save(te_state, snap / "text_encoder" / "model.safetensors")
     shutil.copytree(snap / "text_encoder", bundle / "text_encoder")
     shutil.copytree(snap / "tokenizer", bundle / "tokenizer")
 
