@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "join the shards' run folders with `merge`")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="run cases in N processes, one case each at a time; with cuda, worker k uses cuda:(k mod GPUs)")
+    p.add_argument("--no-oracle", action="store_true",
+                   help="judge pairs with a bf16/fp16 side by fixed dtype bounds instead of against A's fp32 oracle")
     p.set_defaults(handler=cmd_parity)
 
     p = sub.add_parser("merge", help="merge run folders (shards of a CI matrix) into one run folder with one index")
@@ -87,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--case", type=Path, help="take tolerances from this case file (default: those recorded in A)")
     p.add_argument("--floors", type=Path, help="calibrated floors.json (`calibrate`): a stage fails above 4x its floor")
     p.add_argument("--check", action="store_true", help="exit 1 when the comparison fails")
+    _oracle_args(p)
     p.set_defaults(handler=cmd_compare)
 
     p = sub.add_parser("report", help="write the HTML report of two captures: overview, stage pages, blur evidence, video")
@@ -101,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an `ablate` result: its page is copied into the report, its answer shown on the overview")
     p.add_argument("--diagnosis", type=Path, metavar="PATH/diagnosis.json",
                    help="a `diagnose` result: its page is copied into the report, its growth verdict shown on the overview")
+    _oracle_args(p)
     p.set_defaults(handler=cmd_report)
 
     from parity.diagnose.commands import add_commands
@@ -123,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tiny (default), or real: Waypoint-1-Small's transformer dimensions with random bf16 weights (~5 GB), for timings")
     p.set_defaults(handler=cmd_make_checkpoint)
     return parser
+
+
+def _oracle_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("oracle (pairs with a bf16/fp16 side)")
+    g.add_argument("--oracle", type=Path, metavar="DIR",
+                   help="the fp32 oracle capture of A (default: A.oracle-fp32 beside A, made there from A's manifest if missing)")
+    g.add_argument("--no-oracle", action="store_true", help="judge by fixed dtype bounds instead of against an oracle")
+    g.add_argument("--trust-remote-code", action="store_true", help="allow A's snapshot code to run when the oracle is made")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -187,6 +199,28 @@ def _tolerances(args, a):
     return tolerances
 
 
+def _oracle(args, a, b):
+    """The oracle capture to judge A vs B against, or None (see parity.oracle)."""
+    from parity import oracle
+    from parity.capture import Capture
+
+    if args.oracle and args.no_oracle:
+        raise UserError("--oracle and --no-oracle exclude each other")
+    if args.oracle:
+        found = Capture.open(args.oracle)
+        oracle.check_oracle(found, a)
+        return found
+    if args.no_oracle or not oracle.needs_oracle(a, b):
+        return None
+    if not oracle.can_make_oracle(a):
+        print("no fp32 oracle: A is not a reference-runner capture; fixed dtype bounds apply")
+        return None
+    path = oracle.default_location(a.run_dir)
+    if not (path / "manifest.json").is_file():
+        print(f"making the fp32 oracle of A (once; reused by later comparisons): {path}")
+    return Capture.open(oracle.oracle_for(a, path, trust_remote_code=args.trust_remote_code))
+
+
 def cmd_compare(args) -> int:
     from parity.capture import Capture
     from parity.compare import compare_captures
@@ -196,7 +230,7 @@ def cmd_compare(args) -> int:
     tolerances = _tolerances(args, a)
     if args.out and (args.out / SUMMARY).exists():
         raise UserError("already holds a comparison; choose another --out", args.out)
-    result = compare_captures(a, b, tolerances)
+    result = compare_captures(a, b, tolerances, oracle=_oracle(args, a, b))
     print_result(result, _console())
     if args.out:
         paths = write_outputs(result, args.out)
@@ -211,7 +245,7 @@ def cmd_report(args) -> int:
     from parity.report import write_report
 
     a, b = Capture.open(args.a), Capture.open(args.b)
-    result = compare_captures(a, b, _tolerances(args, a))
+    result = compare_captures(a, b, _tolerances(args, a), oracle=_oracle(args, a, b))
     out = args.out or Path("reports") / f"report-{a.name}__vs__{b.name}"
     started = time.perf_counter()
     index = write_report(result, out, attribution=args.attribution, diagnosis=args.diagnosis)
@@ -249,7 +283,7 @@ def cmd_parity(args) -> int:
         console.print(f"[yellow]{note}[/]")
     if args.workers > 1:
         return _parity_parallel(args, cases, sides, pairs_default, notes, out_root, console)
-    runner = CaseRunner(sides, out_root, log=console.print)
+    runner = CaseRunner(sides, out_root, log=console.print, oracle=not args.no_oracle)
     outcomes, reports, report_s = [], [], 0.0
     html_index = out_root / "index.html"
     for case in cases:
@@ -275,7 +309,7 @@ def _parity_parallel(args, cases, sides, pairs, notes, out_root: Path, console) 
     from parity.merge import write_run
     from parity.shard import run_cases_parallel
 
-    entries = run_cases_parallel(cases, sides, pairs, out_root, args.workers, log=console.print)
+    entries = run_cases_parallel(cases, sides, pairs, out_root, args.workers, log=console.print, oracle=not args.no_oracle)
     index, html_index = write_run(out_root, entries, notes)
     console.print(f"results: {out_root}  (index: {index})")
     print(f"report: {html_index}")

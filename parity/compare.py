@@ -1,8 +1,13 @@
 """Comparison of two captures: config diff first, then every stage, then the first divergence.
 
-    result = compare_captures(Capture.open(a_dir), Capture.open(b_dir), tolerances)
+    result = compare_captures(Capture.open(a_dir), Capture.open(b_dir), tolerances, oracle=Capture.open(o_dir))
     result.first_divergence        # StageResult of the earliest stage, in execution order, that failed
     result.passed                  # every stage within tolerance and both captures complete
+
+Each stage is judged by the rule `parity.tolerances.stage_rule` picks: exact, against the fp32
+oracle (A's side rerun in fp32, see `parity.oracle`; B must be no further from it than a multiple
+of A's distance, in norm, gain and bias), or by the fixed bound of the coarser dtype when no
+oracle is given or the family is an input or a case file sets its bound.
 
 Stages are aligned by the protocol (frame, step, family), never by sigma values: a 3-step side has
 no step 3, and that absence is itself a divergence, as is a cache pass that one side lacks or a
@@ -16,6 +21,7 @@ whose values exceed the tolerance; its frame is the "first divergent frame" of a
 
 from __future__ import annotations
 
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,7 +29,9 @@ from typing import Any
 
 from parity.capture import LAYOUTS, Capture, StageKey, manifest_value
 from parity.metrics import Metrics, compare_arrays, compare_frames
-from parity.tolerances import FAMILIES, Tolerance, Tolerances
+from parity.numbers import vs
+from parity.tolerances import (DTYPE, EXACT, FAMILIES, ORACLE, OracleVerdict, Tolerance, Tolerances, coarser,
+                               judge_against_oracle, stage_rule)
 
 PASS, FAIL, MISSING_A, MISSING_B, SHAPE = "pass", "fail", "missing in A", "missing in B", "shape mismatch"
 NOT_SAMPLED = "not sampled"
@@ -82,6 +90,11 @@ class StageResult:
     tolerance: Tolerance | None = None
     floor: Tolerance | None = None
     """The calibrated noise floor of this family, when floors were given."""
+    rule: str | None = None
+    """How the values were judged: `exact`, `oracle`, `dtype`, `case` (the case file's bound for the
+    family) or `floors` (a calibrated floor); see `parity.tolerances`."""
+    oracle: OracleVerdict | None = None
+    """A's and B's distance from the fp32 oracle, when the stage was judged against it."""
 
     @property
     def passed(self) -> bool:
@@ -103,7 +116,23 @@ class StageResult:
         if self.status == SHAPE:
             return f"{self.key.where()}: shape {self.shape_a} vs {self.shape_b}"
         m, t = self.metrics, self.tolerance
-        text = f"{self.key.where()}: rel_l2 {m.rel_l2:.3g} (allowed {t.rel_l2:.3g}), max_abs {m.max_abs:.3g} (allowed {t.max_abs:.3g})"
+        if self.oracle is not None:
+            text = f"{self.key.where()}: {self.oracle.explain()}; B vs A rel_l2 {m.rel_l2:.3g}, max_abs {m.max_abs:.3g}"
+        elif self.rule == EXACT:
+            text = f"{self.key.where()}: must be exact, max_abs {m.max_abs:.6g}, {m.changed_fraction:.3g} of values differ"
+        else:
+            rel, rel_t = vs(m.rel_l2, t.rel_l2)
+            mx, mx_t = vs(m.max_abs, t.max_abs)
+            text = f"{self.key.where()}: rel_l2 {rel}" + (f" (allowed {rel_t})" if math.isfinite(t.rel_l2) else "")
+            text += f", max_abs {mx} (allowed {mx_t})"
+            if t.max_changed_fraction < 1:
+                fr, fr_t = vs(m.changed_fraction, t.max_changed_fraction)
+                text += f", {fr} of values differ (allowed {fr_t})"
+        if self.key.family == "decoded" and m.numel:
+            text += f", bias {m.bias:+.3g} levels"
+            if t is not None and abs(m.bias) > t.allowed_bias(m):
+                b, b_t = vs(abs(m.bias), t.allowed_bias(m))
+                text += f" (|{b}| > allowed {b_t}: beyond rounding noise)"
         if self.floor is not None and self.floor.rel_l2 > 0:
             text += f", {m.rel_l2 / self.floor.rel_l2:.3g}x the calibrated floor"
         if m.nonfinite_a or m.nonfinite_b:
@@ -119,6 +148,8 @@ class StageResult:
             "shape_a": self.shape_a, "shape_b": self.shape_b,
             "metrics": self.metrics.to_dict() if self.metrics else None,
             "tolerance": {"rel_l2": self.tolerance.rel_l2, "max_abs": self.tolerance.max_abs} if self.tolerance else None,
+            "rule": self.rule,
+            "oracle": self.oracle.to_dict() if self.oracle else None,
             "floor": {"rel_l2": self.floor.rel_l2, "max_abs": self.floor.max_abs} if self.floor else None,
             "times_floor": (self.metrics.rel_l2 / self.floor.rel_l2) if self.floor and self.floor.rel_l2 > 0 and self.metrics else None,
             "worst_location": self.worst_location(),
@@ -132,6 +163,12 @@ class FamilySummary:
     failed: int
     worst: StageResult | None
     """The failing stage that comes first, else the stage with the largest rel_l2."""
+    first_failing: StageResult | None = None
+    """The earliest stage of the family that is not a pass."""
+    largest: StageResult | None = None
+    """The stage with the largest rel_l2 of B vs A (growth after the first failure shows here)."""
+    largest_oracle_ratio: StageResult | None = None
+    """The stage where B is furthest from the oracle relative to A, when an oracle judged the family."""
 
     @property
     def passed(self) -> bool:
@@ -145,6 +182,8 @@ class ComparisonResult:
     config: list[ConfigRow]
     stages: list[StageResult]
     tolerances: Tolerances = field(default_factory=Tolerances)
+    oracle: Capture | None = None
+    """The fp32 oracle the float stages were judged against (None: fixed dtype bounds)."""
 
     @property
     def passed(self) -> bool:
@@ -168,18 +207,28 @@ class ComparisonResult:
 
     def families(self) -> list[FamilySummary]:
         out = []
-        for family in FAMILIES:
+        known = list(FAMILIES) + sorted({s.key.family for s in self.stages} - set(FAMILIES))
+        for family in known:
             members = [s for s in self.stages if s.key.family == family]
             if not members:
                 continue
             failed = [s for s in members if not s.passed]
             measured = [s for s in members if s.metrics is not None]
-            worst = failed[0] if failed else max(measured, key=lambda s: s.metrics.rel_l2, default=None)
-            out.append(FamilySummary(family, len(members), len(failed), worst))
+            largest = max(measured, key=lambda s: _sortable(s.metrics.rel_l2), default=None)
+            judged = [s for s in members if s.oracle is not None]
+            ratio = max(judged, key=lambda s: _sortable(s.oracle.ratio), default=None)
+            out.append(FamilySummary(family, len(members), len(failed), failed[0] if failed else largest,
+                                     failed[0] if failed else None, largest, ratio))
         return out
 
 
-def compare_captures(a: Capture, b: Capture, tolerances: Tolerances | None = None) -> ComparisonResult:
+def _sortable(x: float) -> float:
+    return math.inf if math.isnan(x) else x
+
+
+def compare_captures(a: Capture, b: Capture, tolerances: Tolerances | None = None,
+                     oracle: Capture | None = None) -> ComparisonResult:
+    """`oracle`: the fp32 rerun of A's side (`parity.oracle`); without it, fixed dtype bounds."""
     tolerances = tolerances or Tolerances()
     config = [ConfigRow(label, manifest_value(a.manifest, path), manifest_value(b.manifest, path)) for label, path in CONFIG_FIELDS]
     keys_a = {k.id: k for k in a.keys()}
@@ -189,21 +238,38 @@ def compare_captures(a: Capture, b: Capture, tolerances: Tolerances | None = Non
     for key in all_keys:
         by_frame.setdefault(key.frame, []).append(key)
 
+    keys_o = {k.id for k in oracle.keys()} if oracle is not None else set()
+    context = _Context(a, b, oracle, tolerances,
+                       shared_noise=manifest_value(b.manifest, "alignment.noise") != "native",
+                       vae_dtypes=(manifest_value(a.manifest, "protocol.vae_dtype"), manifest_value(b.manifest, "protocol.vae_dtype")))
+
     def one_frame(keys: list[StageKey]) -> list[StageResult]:
         both = [k for k in keys if k.id in keys_a and k.id in keys_b and a.info(k)["shape"] == b.info(k)["shape"]]
+        judged = [k for k in both if k.id in keys_o and oracle.info(k)["shape"] == a.info(k)["shape"]]
         ta, tb = a.tensors(both), b.tensors(both)
-        return [_compare_stage(k, a, b, k.id in keys_a, k.id in keys_b, tolerances, ta.get(k), tb.get(k)) for k in keys]
+        to = oracle.tensors(judged) if judged else {}
+        return [_compare_stage(k, context, k.id in keys_a, k.id in keys_b, ta.get(k), tb.get(k), to.get(k)) for k in keys]
 
     # Frames are independent: decoding, hashing and SSIM of long runs spread over the cores
     # (numpy, safetensors and scikit-image's filters release the GIL for most of their work).
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         stages = [s for group in pool.map(one_frame, by_frame.values()) for s in group]
     stages.sort(key=lambda s: s.key.order)
-    return ComparisonResult(a, b, config, stages, tolerances)
+    return ComparisonResult(a, b, config, stages, tolerances, oracle)
 
 
-def _compare_stage(key: StageKey, a: Capture, b: Capture, in_a: bool, in_b: bool, tolerances: Tolerances,
-                   ta=None, tb=None) -> StageResult:
+@dataclass
+class _Context:
+    a: Capture
+    b: Capture
+    oracle: Capture | None
+    tolerances: Tolerances
+    shared_noise: bool
+    vae_dtypes: tuple[str | None, str | None]
+
+
+def _compare_stage(key: StageKey, ctx: _Context, in_a: bool, in_b: bool, ta=None, tb=None, to=None) -> StageResult:
+    a, b, tolerances = ctx.a, ctx.b, ctx.tolerances
     if (not in_a and a.sampled_out(key)) or (not in_b and b.sampled_out(key)):
         return StageResult(key, NOT_SAMPLED)
     if not in_a:
@@ -219,11 +285,34 @@ def _compare_stage(key: StageKey, a: Capture, b: Capture, in_a: bool, in_b: bool
         return result
     ta = a.tensor(key) if ta is None else ta
     tb = b.tensor(key) if tb is None else tb
-    result.metrics = compare_frames(ta, tb) if key.family == "decoded" else compare_arrays(ta, tb)
-    result.tolerance = tolerances.for_stage(key.family, ia["dtype"], ib["dtype"])
+    decoded = key.family == "decoded"
+    dtypes = ctx.vae_dtypes if decoded else (ia["dtype"], ib["dtype"])
+    rule = stage_rule(key.family, *dtypes, oracle=to is not None, shared_noise=ctx.shared_noise)
+    if rule == EXACT and ia["dtype"] != ib["dtype"] and coarser(ia["dtype"], ib["dtype"]):
+        ta, tb = _rounded(ta, coarser(ia["dtype"], ib["dtype"])), _rounded(tb, coarser(ia["dtype"], ib["dtype"]))
+    result.metrics = m = compare_frames(ta, tb) if decoded else compare_arrays(ta, tb)
     result.floor = tolerances.floor(key.family)
-    m = result.metrics
     finite_ok = m.nonfinite_a == 0 and m.nonfinite_b == 0
-    if not (finite_ok and result.tolerance.allows(m.rel_l2, m.max_abs)):
+    if key.family in tolerances.overrides:
+        rule = "case"
+    elif rule == DTYPE and result.floor is not None and result.floor.rel_l2 > 0:
+        rule = "floors"
+    result.rule = rule
+    if rule == ORACLE:
+        oracle_dtype = manifest_value(ctx.oracle.manifest, "protocol.vae_dtype" if decoded else "protocol.model_dtype") or "float32"
+        result.oracle = judge_against_oracle(compare_arrays(to, ta), compare_arrays(to, tb),
+                                             tolerances.oracle_rule(key.family, dtypes[1]), oracle_dtype, decoded)
+        ok = result.oracle.passed
+    else:
+        result.tolerance = Tolerance(0.0, 0.0) if rule == EXACT else tolerances.for_stage(key.family, *dtypes)
+        ok = result.tolerance.allows_metrics(m)
+    if not (finite_ok and ok):
         result.status = FAIL
     return result
+
+
+def _rounded(t, dtype: str):
+    """`t` rounded to `dtype` (exact stages compare in the coarser dtype of the two)."""
+    import torch
+
+    return t.to(getattr(torch, dtype)) if hasattr(t, "to") else t

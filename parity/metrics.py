@@ -8,6 +8,14 @@ Zero-safe by definition rather than by epsilon:
 Elements that are NaN or Inf on either side are counted, and left out of every other metric (a
 stage with any of them fails on the count alone; see `parity.tolerances`).
 Decoded frames also get PSNR and SSIM with the parameters in `SSIM_PARAMS`, recorded in summaries.
+
+Signed components of d = b - a, which a norm cannot see (a 1.001 scale is below one bf16 ulp per
+element, yet it is the same sign everywhere):
+- bias = mean(d), in the tensor's own units (uint8 levels for decoded frames);
+- gain = <d, a> / <a, a>, the least-squares scale error of b against a (1.001 x a has gain 1e-3);
+- each with its standard error under independent per-element errors (`bias_sigma`, `gain_sigma`):
+  rounding noise gives |bias| and |gain| of a few sigmas, a systematic error many.
+- changed_fraction: share of elements that differ at all (decoded frames: pixels off by >= 1 level).
 """
 
 from __future__ import annotations
@@ -36,6 +44,13 @@ class Metrics:
     """Index of the largest |b - a| in the stage tensor's own layout (see `parity.capture.LAYOUTS`)."""
     worst_a: float
     worst_b: float
+    bias: float = 0.0
+    bias_sigma: float = 0.0
+    gain: float = 0.0
+    gain_sigma: float = 0.0
+    changed_fraction: float = 0.0
+    rms_a: float = 0.0
+    """Root mean square of `a`: the scale a relative floor on `bias` is taken against."""
     psnr: float | None = None
     ssim: float | None = None
 
@@ -67,6 +82,7 @@ def compare_arrays(a, b) -> Metrics:
     diff = np.abs(bv - av)
     (unit_a, sa, scale_a), (unit_b, sb, _), (unit_d, _, scale_d) = _norm(av), _norm(bv), _norm(diff)
     norm_a, norm_d = unit_a * scale_a, unit_d * scale_d
+    signed = _signed_components(av, bv - av)
     if diff.size:
         flat = int(np.argmax(diff))
         worst = tuple(int(i) for i in np.unravel_index(flat, diff.shape))
@@ -86,7 +102,28 @@ def compare_arrays(a, b) -> Metrics:
         worst_index=worst,
         worst_a=worst_a,
         worst_b=worst_b,
+        changed_fraction=float(np.count_nonzero(diff)) / diff.size if diff.size else 0.0,
+        **signed,
     )
+
+
+def _signed_components(a: np.ndarray, d: np.ndarray) -> dict[str, float]:
+    """bias, gain and their standard errors (see the module docstring); a and d finite, float64."""
+    n = d.size
+    if n == 0:
+        return {"bias": 0.0, "bias_sigma": 0.0, "gain": 0.0, "gain_sigma": 0.0, "rms_a": 0.0}
+    bias = float(d.mean())
+    bias_sigma = float(d.std() / math.sqrt(n))
+    aa = float(np.dot(a.ravel(), a.ravel()))
+    if aa == 0.0 or not math.isfinite(aa):
+        gain, gain_sigma = 0.0, 0.0
+    else:
+        gain = float(np.dot(d.ravel(), a.ravel())) / aa
+        # heteroscedasticity-robust standard error of the least-squares slope through the origin
+        resid = (d - gain * a).ravel()
+        gain_sigma = float(math.sqrt(float(np.sum((a.ravel() * resid) ** 2)))) / aa
+    return {"bias": bias, "bias_sigma": bias_sigma, "gain": gain, "gain_sigma": gain_sigma,
+            "rms_a": math.sqrt(aa / n) if math.isfinite(aa) else math.inf}
 
 
 def compare_frames(a, b) -> Metrics:

@@ -1,7 +1,8 @@
 """What a comparison leaves behind: a console table, `summary.json` and `stages.csv`.
 
-summary.json holds the verdict, the first divergence (stage, frame, step, numbers, tolerance),
-the config diff, one row per stage family, the metric parameters, and the paths of both captures.
+summary.json holds the verdict, the first divergence (stage, frame, step, numbers, tolerance or
+oracle verdict), the config diff, one row per stage family (first failing stage and largest error),
+the oracle the float stages were judged against, the metric parameters, and the paths of both captures.
 stages.csv has one row per stage with every metric, for pandas or a spreadsheet.
 """
 
@@ -33,12 +34,27 @@ def summary_dict(result: ComparisonResult) -> dict[str, Any]:
         "config_diff": [{"field": r.field, "a": r.a, "b": r.b, "differs": r.differs} for r in result.config],
         "families": [
             {"family": f.family, "stages": f.stages, "failed": f.failed, "verdict": "PASS" if f.passed else "FAIL",
-             "worst": _stage_summary(f.worst)}
+             "worst": _stage_summary(f.worst), "first_failing": _stage_summary(f.first_failing),
+             "largest": _stage_summary(f.largest),
+             "largest_oracle_ratio": f.largest_oracle_ratio.oracle.ratio if f.largest_oracle_ratio else None}
             for f in result.families()
         ],
+        "oracle": oracle_summary(result),
         "tolerances": result.tolerances.describe(),
         "metric_parameters": {"ssim": SSIM_PARAMS, "psnr_data_range": PSNR_DATA_RANGE, "rel_l2_denominator": "||a||"},
     }
+
+
+def oracle_summary(result: ComparisonResult) -> dict[str, Any] | None:
+    """What the float stages were judged against: the oracle capture, its dtype, the inputs it shares."""
+    if result.oracle is None:
+        return None
+    from parity.oracle import INPUTS
+
+    purpose = result.oracle.manifest.get("purpose") or {}
+    return {"capture": str(result.oracle.run_dir), "dtype": result.oracle.protocol.get("model_dtype"),
+            "inputs": purpose.get("inputs", INPUTS), "multiplier": "3 when B is bf16/fp16, else 2 (PyTorch's rule)",
+            "stages_judged": sum(s.oracle is not None for s in result.stages)}
 
 
 def _stage_summary(stage: StageResult | None) -> dict[str, Any] | None:
@@ -63,6 +79,13 @@ def write_outputs(result: ComparisonResult, out_dir: Path) -> dict[str, Path]:
             row.update(m)
         if s.tolerance:
             row.update(tol_rel_l2=s.tolerance.rel_l2, tol_max_abs=s.tolerance.max_abs)
+        row["rule"] = s.rule
+        if s.oracle:
+            o = s.oracle
+            row.update(oracle_err_a=o.err_a, oracle_err_b=o.err_b, oracle_ratio=o.ratio, oracle_allowed=o.allowed,
+                       oracle_gain_a=o.gain_a, oracle_gain_b=o.gain_b, oracle_gain_allowed=o.gain_allowed,
+                       oracle_bias_a=o.bias_a, oracle_bias_b=o.bias_b, oracle_bias_allowed=o.bias_allowed,
+                       oracle_failed=" ".join(o.failed))
         rows.append(row)
     csv = out_dir / STAGES_CSV
     pd.DataFrame(rows).to_csv(csv, index=False)
@@ -96,15 +119,18 @@ def print_result(result: ComparisonResult, console=None, title: str | None = Non
         diff.add_row(escape(row.field), escape(a), escape(b), style=style)
     console.print(diff)
 
-    stages = Table(title="stages (worst per family)")
-    for col in ("family", "stages", "failed", "worst stage", "rel_l2", "max_abs", "cosine", "verdict"):
-        stages.add_column(col, justify="right" if col in ("stages", "failed", "rel_l2", "max_abs", "cosine") else "left")
+    judge = (f"against the fp32 oracle {result.oracle.run_dir.name}" if result.oracle is not None
+             else "by fixed dtype bounds (no oracle)")
+    stages = Table(title=f"stages per family: first failing and largest error; float stages judged {judge}")
+    for col in ("family", "stages", "failed", "first failing stage", "largest error (B vs A)", "B/A vs oracle (max)", "verdict"):
+        stages.add_column(col, justify="right" if col in ("stages", "failed") else "left", overflow="fold")
     for fam in result.families():
-        w = fam.worst
-        m = w.metrics if w else None
+        ff, lg, lr = fam.first_failing, fam.largest, fam.largest_oracle_ratio
         stages.add_row(
-            fam.family, str(fam.stages), str(fam.failed), escape(w.key.id if w else "-") + ("" if not w or w.passed else f" ({w.status})"),
-            f"{m.rel_l2:.3g}" if m else "-", f"{m.max_abs:.3g}" if m else "-", f"{m.cosine:.6f}" if m else "-",
+            fam.family, str(fam.stages), str(fam.failed),
+            escape(_failing_cell(ff)) if ff else "none",
+            escape(f"{lg.key.id}: rel_l2 {lg.metrics.rel_l2:.3g}, max_abs {lg.metrics.max_abs:.3g}") if lg else "-",
+            escape(f"{lr.oracle.ratio:.3g}x at {lr.key.id}") if lr else "-",
             "[green]PASS[/]" if fam.passed else "[red]FAIL[/]",
         )
     console.print(stages)
@@ -119,6 +145,38 @@ def print_result(result: ComparisonResult, console=None, title: str | None = Non
     for side in (result.a, result.b):
         if not side.complete:
             console.print(f"[yellow]capture {escape(str(side.run_dir))} is incomplete[/]: {side.manifest.get('frames_written')} frames written")
+
+
+def _failing_cell(s: StageResult) -> str:
+    """`f7/cache_pass.output: rel_l2 0.010043 > 0.01` -- digits enough to tell value from bound."""
+    from parity.numbers import vs
+
+    if s.metrics is None:
+        return f"{s.key.id} ({s.status})"
+    if s.oracle is not None:
+        o = s.oracle
+        if "error" in o.failed:
+            err, allowed = vs(o.err_b, o.allowed)
+            return f"{s.key.id}: vs oracle {err} > {allowed} ({o.ratio:.3g}x A)"
+        if "gain" in o.failed:
+            g, allowed = vs(abs(o.gain_b), o.gain_allowed)
+            return f"{s.key.id}: gain vs oracle {o.gain_b:+.3g} (|{g}| > {allowed})"
+        b, allowed = vs(abs(o.bias_b), o.bias_allowed)
+        return f"{s.key.id}: bias vs oracle {o.bias_b:+.3g} (|{b}| > {allowed})"
+    t, m = s.tolerance, s.metrics
+    if t is not None and m.rel_l2 > t.rel_l2:
+        value, bound = vs(m.rel_l2, t.rel_l2)
+        return f"{s.key.id}: rel_l2 {value} > {bound}"
+    if t is not None and m.max_abs > t.max_abs:
+        value, bound = vs(m.max_abs, t.max_abs)
+        return f"{s.key.id}: max_abs {value} > {bound}"
+    if t is not None and m.changed_fraction > t.max_changed_fraction:
+        value, bound = vs(m.changed_fraction, t.max_changed_fraction)
+        return f"{s.key.id}: {value} of values differ > {bound}"
+    if t is not None and abs(m.bias) > t.allowed_bias(m):
+        value, bound = vs(abs(m.bias), t.allowed_bias(m))
+        return f"{s.key.id}: bias {m.bias:+.3g} (|{value}| > {bound})"
+    return f"{s.key.id}: NaN/Inf {m.nonfinite_a} vs {m.nonfinite_b}"
 
 
 def _short(value: Any) -> str:

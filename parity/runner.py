@@ -40,6 +40,9 @@ class RunRequest:
     """Continue the incomplete capture in `out_dir` (see `parity.resume`); a fresh one if there is none."""
     max_capture_bytes: int | str | None = None
     """Size limit of the capture (`--max-capture-bytes`; see `parity.budget`)."""
+    purpose: dict[str, Any] | None = None
+    """Why this run exists, when it is not a side of its own: recorded as the manifest's `purpose`
+    (the fp32 oracle of another capture says so here; see `parity.oracle`)."""
 
 
 class Runner(Protocol):

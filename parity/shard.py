@@ -76,7 +76,7 @@ def _init_worker(slots, threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _run_case_task(case_path: str, sides, pairs, out_root: str) -> list[dict[str, Any]]:
+def _run_case_task(case_path: str, sides, pairs, out_root: str, oracle: bool = True) -> list[dict[str, Any]]:
     from dataclasses import replace
 
     from parity.case import load_case
@@ -87,7 +87,7 @@ def _run_case_task(case_path: str, sides, pairs, out_root: str) -> list[dict[str
     sides = replace(sides, device=device_for_worker(sides.device, index))
     case = load_case(case_path)
     root = Path(out_root)
-    runner = CaseRunner(sides, root, log=lambda msg: print(f"[worker {index}, {sides.device}]{msg}", flush=True))
+    runner = CaseRunner(sides, root, log=lambda msg: print(f"[worker {index}, {sides.device}]{msg}", flush=True), oracle=oracle)
     entries = []
     for outcome in runner.run_case(case, case.pairs or pairs):
         write_report(outcome.result, outcome.out_dir, run_index=root / "index.html")
@@ -96,7 +96,7 @@ def _run_case_task(case_path: str, sides, pairs, out_root: str) -> list[dict[str
 
 
 def run_cases_parallel(cases, sides, pairs, out_root: Path, workers: int,
-                       log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+                       log: Callable[[str], None] = print, oracle: bool = True) -> list[dict[str, Any]]:
     """Runs each case (which must have a `.path`) as one task on a pool of `workers` spawned
     processes; returns the index.json rows, in case order. Every worker writes into `out_root`."""
     ctx = multiprocessing.get_context("spawn")  # no forked torch state, CUDA-safe
@@ -108,7 +108,7 @@ def run_cases_parallel(cases, sides, pairs, out_root: Path, workers: int,
 
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
                              initargs=(slots, torch.get_num_threads())) as pool:
-        futures = {pool.submit(_run_case_task, str(case.path), sides, pairs, str(out_root)): case for case in cases}
+        futures = {pool.submit(_run_case_task, str(case.path), sides, pairs, str(out_root), oracle): case for case in cases}
         for future in as_completed(futures):
             case = futures[future]
             rows[case.name] = future.result()

@@ -6,7 +6,9 @@
       <case>/<a-label>__vs__<b-label>/        summary.json, stages.csv (and the HTML report)
 
 A side's capture is reused by every pair that needs the same run (upstream is run once per case
-even when it is compared with both the script and FastVideo).
+even when it is compared with both the script and FastVideo). A pair with a reduced-precision side
+is judged against the fp32 oracle of its A side (`parity.oracle`), made once per A capture as
+`<case>/captures/<A-label>.oracle-fp32/` and reused by every pair with that A.
 """
 
 from __future__ import annotations
@@ -82,6 +84,8 @@ class CaseRunner:
     sides: SideConfig
     out_root: Path
     log: Callable[[str], None] = print
+    oracle: bool = True
+    """Judge pairs with a reduced-precision side against A's fp32 oracle (False: fixed dtype bounds)."""
     _captures: dict[str, Path] = field(default_factory=dict)
 
     def run_case(self, case: Case, pairs: tuple[Pair, ...]) -> list[PairOutcome]:
@@ -92,11 +96,26 @@ class CaseRunner:
             share = case.alignment.prompt == "shared"
             b_label = _label(pair.b, pair.b_options, a_label if share else None)
             b_dir = self._capture(case, pair.b, pair.b_options, b_label, prompt_from=a_dir if share else None)
-            result = compare_captures(Capture.open(a_dir), Capture.open(b_dir), case.tolerances)
+            a, b = Capture.open(a_dir), Capture.open(b_dir)
+            oracle = self._oracle(case, pair, a_label, a, b)
+            result = compare_captures(a, b, case.tolerances, oracle=oracle)
             out_dir = self.out_root / case.name / f"{a_label}__vs__{b_label}"
             write_outputs(result, out_dir)
             outcomes.append(PairOutcome(case, pair, a_dir, b_dir, out_dir, result))
         return outcomes
+
+    def _oracle(self, case: Case, pair: Pair, a_label: str, a: Capture, b: Capture) -> Capture | None:
+        from parity import oracle
+
+        if not (self.oracle and oracle.needs_oracle(a, b) and oracle.can_make_oracle(a)):
+            return None
+        key = f"{case.name}/{a_label}{oracle.SUFFIX}"
+        if key not in self._captures:
+            out = oracle.default_location(a.run_dir)
+            self.log(f"  run {case.name}: {a_label}{oracle.SUFFIX} (fp32 oracle of {a_label}, shared by its pairs)")
+            oracle.make_oracle(self.sides.runner(pair.a), case, pair.a, a.run_dir, out, self.sides.device, dict(pair.a_options))
+            self._captures[key] = out
+        return Capture.open(self._captures[key])
 
     def _capture(self, case: Case, side: str, options: dict, label: str, prompt_from: Path | None) -> Path:
         key = f"{case.name}/{label}"

@@ -160,6 +160,7 @@ class ReferenceRunner:
             "device": device,
             "environment": describe_environment(device),
             "model": self._model_block(loaded, options),
+            **({"purpose": request.purpose} if request.purpose else {}),
         }, policy=CapturePolicy.parse(request.capture), background=device.startswith("cuda"))
         started = time.perf_counter()
         writer.record_prompt(emb, pad_mask)

@@ -32,6 +32,7 @@ import numpy as np
 from parity.capture import Capture, StageKey
 from parity.compare import FAIL, PASS, ComparisonResult, StageResult
 from parity.errors import UserError
+from parity.output import oracle_summary
 from parity.metrics import HF_CUTOFF, PSNR_DATA_RANGE, SSIM_PARAMS, high_frequency_share, laplacian_variance
 from parity.report import images
 from parity.report.svg import Series, line_chart
@@ -154,6 +155,7 @@ def write_report(result: ComparisonResult, out_dir: str | Path, *, run_index: Pa
         "first": result.first_divergence, "first_value": result.first_value_divergence,
         "first_frame": result.first_divergent_frame,
         "families": [_family_entry(f) for f in families],
+        "oracle": oracle_summary(result),
         "config": [{"field": r.field, "a": fmt_value(r.a), "b": fmt_value(r.b), "differs": r.differs} for r in result.config],
         "models": _side_by_side(_model_block(result.a), _model_block(result.b)),
         "test_model": [s.name for s in (result.a, result.b) if (s.manifest.get("model") or {}).get("test_model")],
@@ -179,7 +181,7 @@ def write_report(result: ComparisonResult, out_dir: str | Path, *, run_index: Pa
         stages = [s for s in result.stages if s.key.family == fam.family]
         page = env.get_template("family.html").render(
             page=fam.family, fam=_family_entry(fam), stages=stages, note=FAMILY_NOTES.get(fam.family, ""),
-            charts=_family_charts(fam.family, stages, result.first_divergent_frame),
+            charts=_oracle_charts(fam.family, stages) + _family_charts(fam.family, stages, result.first_divergent_frame),
             heatmaps=[h for k, h in art.heatmaps.items() if StageKey.from_id(k).family == fam.family],
             **ctx)
         _write(out_dir / family_page(fam.family), page)
@@ -429,8 +431,31 @@ def _family_charts(family: str, stages: list[StageResult], first_frame: int | No
     return charts
 
 
+def _oracle_charts(family: str, stages: list[StageResult]) -> list:
+    """Both sides' distance from the oracle across frames (steps spread inside each frame), with
+    A's envelope (what B is allowed) and the stages where B leaves it."""
+    judged = [s for s in stages if s.oracle is not None and s.key.frame is not None]
+    if not judged:
+        return []
+    steps = max((s.key.step for s in judged if s.key.step is not None), default=0) + 1
+
+    def x(s: StageResult) -> float:
+        return s.key.frame + (s.key.step or 0) / steps
+
+    outside = [s for s in judged if not s.oracle.passed]
+    series = [Series("A vs oracle", [(x(s), _f(s.oracle.err_a)) for s in judged]),
+              Series("B vs oracle", [(x(s), _f(s.oracle.err_b)) for s in judged]),
+              Series("A's envelope (allowed B)", [(x(s), _f(s.oracle.allowed)) for s in judged]),
+              Series("B outside", [(x(s), _f(s.oracle.err_b) if not s.oracle.passed else math.nan) for s in judged])]
+    vl = [(x(outside[0]), "B leaves A's envelope")] if outside else []
+    where = "frame (steps spread within each frame)" if steps > 1 else "frame"
+    dtype = judged[0].oracle.oracle_dtype
+    return [line_chart(series, f"{family}: rel-L2 distance from the {dtype} oracle, A and B", vlines=vl, x_label=where)]
+
+
 def _family_entry(fam) -> dict[str, Any]:
     return {"family": fam.family, "stages": fam.stages, "failed": fam.failed, "passed": fam.passed, "worst": fam.worst,
+            "first_failing": fam.first_failing, "largest": fam.largest, "largest_oracle_ratio": fam.largest_oracle_ratio,
             "page": family_page(fam.family)}
 
 
