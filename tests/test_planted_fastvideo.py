@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import builtins
 import copy
+import functools
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,9 @@ class Bug:
     """expected(transformer config) -> where the bug first acts."""
     needs: str
     """The harness feature (and lane) that must exist for the expected location to be reachable."""
+    structure: tuple[str, ...] = ()
+    """What the structural diff of the two live models must list as differing (its `what` words),
+    before any stage: a number the module tree carries (eps, head size, window, dilation)."""
 
 
 class FV:
@@ -136,6 +140,7 @@ def _wrap_controls(monkeypatch, fv, change):
     stage = fv.stages.WaypointDenoisingStage
     original = stage.__dict__["_controls"].__func__
 
+    @functools.wraps(original)
     def controls(*args, **kwargs):
         return change(*original(*args, **kwargs))
 
@@ -147,6 +152,7 @@ def _wrap_cache_pass(monkeypatch, fv, around):
     stage = fv.stages.WaypointDenoisingStage
     original = stage._cache_pass
 
+    @functools.wraps(original)
     def cache_pass(self, *args, **kwargs):
         with around(self):
             return original(self, *args, **kwargs)
@@ -160,6 +166,7 @@ def _cache_with(monkeypatch, fv, **changes):
     cls = fv.transformer.WaypointKVCache
     original = cls.__init__
 
+    @functools.wraps(original)  # the signature stays FastVideo's: the structural diff builds the cache from it
     def init(self, config, *args, **kwargs):
         config = copy.copy(config)
         for key, value in changes.items():
@@ -214,6 +221,7 @@ def plant_perturbed_sigma(monkeypatch, fv):
     cls = fv.pipeline_config.WaypointT2VConfig
     original = cls.__init__
 
+    @functools.wraps(original)
     def init(self, *args, **kwargs):
         original(self, *args, **kwargs)
         sigmas = list(self.scheduler_sigmas)
@@ -240,6 +248,7 @@ def plant_prompt_padding_kept(monkeypatch, fv):
     stage = fv.stages.WaypointTextEncodingStage
     original = stage.forward
 
+    @functools.wraps(original)
     def forward(self, batch, args):
         encoder = self.text_encoder
         inner = encoder.forward
@@ -319,6 +328,7 @@ def plant_vae_truncates(monkeypatch, fv):
     cls = fv.vae.WorldEngineVAE
     original = cls.decode
 
+    @functools.wraps(original)
     def decode(self, latent):
         decoder = self.decoder
         inner = decoder.forward
@@ -372,14 +382,17 @@ BUGS = [
     # nothing is written into the cache by frame 0's pass
     Bug("cache_pass_frozen", plant_cache_pass_frozen, lambda c: Where(0, None, KV_FAMILIES), "capture: KV-cache stage"),
     Bug("local_window_one_short", plant_local_window_one_short,
-        lambda c: Where(_first_local_window_frame(c), 0, ("step.velocity",)), "main"),
+        lambda c: Where(_first_local_window_frame(c), 0, ("step.velocity",)), "main; structure: cache window",
+        structure=("frames kept",)),
     Bug("global_dilation_ignored", plant_global_dilation_ignored,
-        lambda c: Where(_first_undilated_frame(c), None, KV_FAMILIES), "capture: KV-cache stage"),
+        lambda c: Where(_first_undilated_frame(c), None, KV_FAMILIES), "capture: KV-cache stage; structure: dilation",
+        structure=("dilation",)),
     Bug("vae_truncates", plant_vae_truncates, lambda c: Where(0, None, ("decoded",)), "oracle: decoded judged by dtype"),
-    # the first model call, frame 0 step 0 (structure cannot see a function's default eps)
-    Bug("rms_norm_eps", plant_rms_norm_eps, lambda c: Where(0, 0, ("step.velocity",)), "main"),
+    # the first model call, frame 0 step 0; the structural diff names the eps before any stage
+    Bug("rms_norm_eps", plant_rms_norm_eps, lambda c: Where(0, 0, ("step.velocity",)), "main; structure: norm eps",
+        structure=("norm eps",)),
     Bug("cross_attention_head_size", plant_cross_attention_head_size, lambda c: Where(0, 0, ("step.velocity",)),
-        "main (structure: named before the stages)"),
+        "main; structure: head size", structure=("head size",)),
 ]
 
 
@@ -469,6 +482,14 @@ def run_fastvideo(checkpoint, upstream, tmp_path):
     return run
 
 
+def _structure_differences(result) -> list[str] | None:
+    """What the structural diff lists as differing; None when this harness has no structural diff."""
+    diff = getattr(result, "structure", None)
+    if diff is None or not diff.available:
+        return None
+    return [f"{f.what}: {f.component} {f.where} {f.a} vs {f.b}" for f in diff.differences]
+
+
 def _named(result) -> str:
     first = result.first_divergence
     if first is None:
@@ -481,6 +502,8 @@ def _named(result) -> str:
 def test_unpatched_port_passes_in_fp32(run_fastvideo, seed):
     result = run_fastvideo(seed)
     assert result.passed, f"false alarm on the unpatched port: {_named(result)}"
+    structure = _structure_differences(result)
+    assert not structure, f"false alarm in the structural diff of the unpatched port: {structure}"
 
 
 @pytest.mark.parametrize("bug", BUGS, ids=[b.name for b in BUGS])
@@ -492,12 +515,18 @@ def test_planted_bug_is_named_where_it_first_acts(bug, fv, checkpoint, run_fastv
     expected = bug.expected(checkpoint["config"])
     first = result.first_divergence
     print(f"[{checkpoint['name']}] {bug.name}: expected {expected}; harness named {_named(result)}")
-    needs = f" (needs {bug.needs})" if bug.needs != "main" else ""
-    assert first is not None, f"{bug.name} missed: the harness found no divergence{needs}"
-    got = (first.key.frame, first.key.step, first.key.family)
-    assert (first.key.frame, first.key.family in expected.families) == (expected.frame, True), \
-        f"{bug.name}: expected {expected}, harness named {_named(result)}{needs}"
-    assert first.key.step == expected.step, f"{bug.name}: expected {expected}, got {got}{needs}"
-    if expected.missing_in_b:
-        assert first.status == MISSING_B, f"{bug.name}: expected a stage missing in B, got {_named(result)}"
+    problems = []
+    if first is None:
+        problems.append("missed: the harness found no divergence")
+    elif (first.key.frame != expected.frame or first.key.step != expected.step
+          or first.key.family not in expected.families or (expected.missing_in_b and first.status != MISSING_B)):
+        problems.append(f"expected {expected}, harness named {_named(result)}")
+    if bug.structure:
+        structure = _structure_differences(result)
+        print(f"[{checkpoint['name']}] {bug.name}: structure differences {structure}")
+        if structure is None:
+            problems.append("this harness has no structural diff")
+        elif not set(bug.structure) <= {line.split(":", 1)[0] for line in structure}:
+            problems.append(f"the structural diff should name {', '.join(bug.structure)}; it lists {structure}")
+    assert not problems, f"{bug.name} ({'main' if bug.needs == 'main' else 'needs ' + bug.needs}): " + "; ".join(problems)
     assert not result.passed
