@@ -67,10 +67,16 @@ def first_divergence(tiny_checkpoint, cases, upstream, tmp_path):
     from parity.capture import Capture
     from parity.compare import compare_captures
 
-    def run(options=None, noise="shared"):
+    def run(options=None, noise="shared", structure=()):
         b = _run(tiny_checkpoint, cases[noise], tmp_path / "b", dict(options or {}))
         result = compare_captures(Capture.open(upstream[noise]), Capture.open(b))
         assert result.first_divergence is not None, "the planted bug was missed"
+        if structure:
+            # the structural diff of the live models names it before any stage
+            diff = getattr(result, "structure", None)
+            assert diff is not None and diff.available, "this harness has no structural diff (needs the structure lane)"
+            named = {f.what for f in diff.differences}
+            assert set(structure) <= named, f"structure should name {structure}, lists {[f.line() for f in diff.differences]}"
         return result.first_divergence
 
     return run
@@ -146,7 +152,7 @@ def test_norm_eps_is_named_at_the_first_model_call(first_divergence, monkeypatch
                 module.eps = 1e-2
 
     _patch_loaded(monkeypatch, eps_1e2)
-    stage = first_divergence()
+    stage = first_divergence(structure=("norm eps",))
     assert _where(stage) == (0, 0, "step.velocity"), stage.explain()
 
 
@@ -177,7 +183,7 @@ def test_ignored_dilation_is_named_at_frame_1s_cache(first_divergence, monkeypat
         loaded.cache_class = Undilated
 
     _patch_loaded(monkeypatch, undilated)
-    stage = first_divergence()
+    stage = first_divergence(structure=("dilation",))
     assert stage.key.frame == 1 and stage.key.family in KV_FAMILIES, stage.explain()
 
 
