@@ -91,6 +91,15 @@ class Where:
     families: tuple[str, ...]
     missing_in_b: bool = False
 
+    def matches(self, stage) -> bool:
+        """`step` binds per-step families (`step.*`) only: a per-frame family (a frame's timestamp
+        recorded once) names the same call with step None."""
+        from parity.compare import MISSING_B
+
+        step = self.step if stage.key.family.startswith("step.") else None
+        return (stage.key.frame == self.frame and stage.key.step == step and stage.key.family in self.families
+                and (not self.missing_in_b or stage.status == MISSING_B))
+
     def __str__(self) -> str:
         parts = [] if self.frame is None else [f"frame {self.frame}"]
         if self.step is not None:
@@ -508,8 +517,6 @@ def test_unpatched_port_passes_in_fp32(run_fastvideo, seed):
 
 @pytest.mark.parametrize("bug", BUGS, ids=[b.name for b in BUGS])
 def test_planted_bug_is_named_where_it_first_acts(bug, fv, checkpoint, run_fastvideo, monkeypatch):
-    from parity.compare import MISSING_B
-
     bug.plant(monkeypatch, fv)
     result = run_fastvideo()
     expected = bug.expected(checkpoint["config"])
@@ -518,8 +525,7 @@ def test_planted_bug_is_named_where_it_first_acts(bug, fv, checkpoint, run_fastv
     problems = []
     if first is None:
         problems.append("missed: the harness found no divergence")
-    elif (first.key.frame != expected.frame or first.key.step != expected.step
-          or first.key.family not in expected.families or (expected.missing_in_b and first.status != MISSING_B)):
+    elif not expected.matches(first):
         problems.append(f"expected {expected}, harness named {_named(result)}")
     if bug.structure:
         structure = _structure_differences(result)
