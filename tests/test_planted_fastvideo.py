@@ -70,15 +70,14 @@ CHECKPOINTS = {"made": ({}, 0), "other": (OTHER_ARCH, 11)}
 """name -> (changes to make-checkpoint's transformer config, weight seed)."""
 
 
-# -- stage names the harness uses for the stages issue 14 adds ---------------------------------------
-# One place: when a lane names them differently, change them here.
-TIMESTAMP_FAMILIES = ("step.timestamp", "timestamp", "frame_timestamp")
-NATIVE_NOISE_FAMILIES = ("noise.native", "native.noise", "noise_native")
-NATIVE_PROMPT_FAMILIES = ("prompt.native_embedding", "native.prompt.embedding", "prompt.native.embedding",
-                          "native_prompt.embedding")
-CACHE_PASS_SIGMA_FAMILIES = ("cache_pass.sigma",)
-CACHE_PASS_FAMILIES = ("cache_pass.sigma", "cache_pass.timestamp", "cache_pass.input", "cache_pass.output")
-KV_FAMILIES = ("kv.frames", "kv.keys", "kv.values")
+# -- stage names for the stages issue 14 adds (capture schema 2), in one place ----------------------
+TIMESTAMP_FAMILIES = ("step.timestamp",)
+NATIVE_NOISE_FAMILIES = ("noise.native",)
+NATIVE_PROMPT_FAMILIES = ("prompt.native_embedding",)
+CACHE_PASS_FAMILIES = ("cache_pass.sigma",)
+"""The first stage of a cache pass: a pass that is missing is missing from there on."""
+KV_FAMILIES = ("kv.frames",)
+"""After a cache pass, per layer: which frames the layer can attend to (then their keys and values)."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +89,8 @@ class Where:
     step: int | None
     families: tuple[str, ...]
     missing_in_b: bool = False
+    layer: int | None = None
+    """For the per-layer KV stages: the first layer (in order) whose cache goes wrong."""
 
     def matches(self, stage) -> bool:
         """`step` binds per-step families (`step.*`) only: a per-frame family (a frame's timestamp
@@ -98,12 +99,14 @@ class Where:
 
         step = self.step if stage.key.family.startswith("step.") else None
         return (stage.key.frame == self.frame and stage.key.step == step and stage.key.family in self.families
-                and (not self.missing_in_b or stage.status == MISSING_B))
+                and getattr(stage.key, "layer", None) == self.layer and (not self.missing_in_b or stage.status == MISSING_B))
 
     def __str__(self) -> str:
         parts = [] if self.frame is None else [f"frame {self.frame}"]
         if self.step is not None:
             parts.append(f"step {self.step}")
+        if self.layer is not None:
+            parts.append(f"layer {self.layer}")
         return ", ".join(parts + ["|".join(self.families)]) + (" (missing in B)" if self.missing_in_b else "")
 
 
@@ -367,6 +370,12 @@ def _first_local_window_frame(config: dict) -> int:
     return config["local_window"] - 1
 
 
+def _first_global_layer(config: dict) -> int:
+    """Layers l with (l - offset) % period == 0 are global (world_engine's and FastVideo's rule)."""
+    period = config["global_attn_period"]
+    return next(l for l in range(config["n_layers"]) if (l - config.get("global_attn_offset", 0) % period) % period == 0)
+
+
 def _first_undilated_frame(config: dict) -> int:
     """A dilated global ring keeps frames t % d == 0; ignoring d keeps every frame: the first cache
     pass that writes what upstream does not is frame 1's (the next frame's velocity differs only after)."""
@@ -388,13 +397,14 @@ BUGS = [
         "capture: protocol-aligned frames"),
     Bug("cache_pass_sigma_1e3", plant_cache_pass_sigma_1e3, lambda c: Where(0, None, CACHE_PASS_SIGMA_FAMILIES),
         "capture: protocol-aligned frames, cache-pass sigma stage"),
-    # nothing is written into the cache by frame 0's pass
-    Bug("cache_pass_frozen", plant_cache_pass_frozen, lambda c: Where(0, None, KV_FAMILIES), "capture: KV-cache stage"),
+    # nothing is written into the cache by frame 0's pass (its output is the same: the frame sees itself either way)
+    Bug("cache_pass_frozen", plant_cache_pass_frozen, lambda c: Where(0, None, KV_FAMILIES, layer=0), "capture: KV-cache stage"),
     Bug("local_window_one_short", plant_local_window_one_short,
         lambda c: Where(_first_local_window_frame(c), 0, ("step.velocity",)), "main; structure: cache window",
         structure=("frames kept",)),
     Bug("global_dilation_ignored", plant_global_dilation_ignored,
-        lambda c: Where(_first_undilated_frame(c), None, KV_FAMILIES), "capture: KV-cache stage; structure: dilation",
+        lambda c: Where(_first_undilated_frame(c), None, KV_FAMILIES, layer=_first_global_layer(c)),
+        "capture: KV-cache stage; structure: dilation",
         structure=("dilation",)),
     Bug("vae_truncates", plant_vae_truncates, lambda c: Where(0, None, ("decoded",)), "oracle: decoded judged by dtype"),
     # the first model call, frame 0 step 0; the structural diff names the eps before any stage
