@@ -13,6 +13,9 @@ A run folder holds
         decoded (H', W', 3) uint8          what vae.decode returned
 
     frames/000000.json         that frame's entries of the manifest's tensor table (a sidecar)
+    structure.json             the live models' structure as the run built them (`parity.structure`):
+                               modules, parameter/buffer shapes, dtypes and checksums, numerics
+                               attributes, KV-cache windows; optional (older captures lack it)
 
 Tensors keep the dtype the pipeline produced (bf16 stays bf16). Each frame's file, then its
 sidecar, is written through a temporary name and an atomic rename; manifest.json is written at the
@@ -143,6 +146,8 @@ class Protocol:
     latent_scale: float
     latent_shift: float
     strict_load: bool
+    native_noise_rule: str | None = None
+    """This side's own noise rule in words, also when shared noise replaced it in this run."""
 
     def describe(self) -> dict[str, Any]:
         return asdict(self)

@@ -8,6 +8,7 @@ Typical use:
     waypoint-parity compare reports/a reports/b     # config diff, stage table, first divergence
     waypoint-parity report reports/a reports/b -o reports/ab   # HTML report: open reports/ab/index.html
     waypoint-parity make-checkpoint /tmp/tiny --hf-cache
+    waypoint-parity bisect case.toml --repo ~/FastVideo --walk A..B   # which FastVideo commit changed parity
 
 The model defaults to the built-in tiny random-weight checkpoint; `--snapshot` takes a folder or a
 Hugging Face repo id found offline in the cache (its code runs only with --trust-remote-code).
@@ -27,6 +28,12 @@ from parity.errors import EXIT_USER_ERROR, UserError
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.verbose:
+        import os
+
+        from parity.fastvideo.logs import VERBOSE_ENV
+
+        os.environ[VERBOSE_ENV] = "1"  # also for spawned workers
     started = time.perf_counter()
     try:
         code = args.handler(args)
@@ -46,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="waypoint-parity", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("parity", help="run cases against every pair of sides and compare (what `make parity` runs)")
@@ -111,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_commands(sub, _model_args)
 
+    from parity.bisect.commands import add_commands as add_bisect
+
+    add_bisect(sub, _model_args)
+
     p = sub.add_parser("verify", help="check a stored capture: manifest, every tensor's sha256, shape and dtype, frame count")
     p.add_argument("run", type=Path, help="capture folder")
     p.set_defaults(handler=cmd_verify)
@@ -125,8 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "FastVideo's, found at run time) at a tiny size, written as DIR/overworld and DIR/fastvideo")
     p.add_argument("--size", choices=("tiny", "real"), default="tiny",
                    help="tiny (default), or real: Waypoint-1-Small's transformer dimensions with random bf16 weights (~5 GB), for timings")
+    p.add_argument("--device", help="--arch waypoint: where the weights are built and drawn (cuda: seconds at the real size; default cpu)")
     p.set_defaults(handler=cmd_make_checkpoint)
     return parser
+
+
+VERBOSE_HELP = ("show FastVideo's own log output on the console (default: it goes to fastvideo.log in the "
+                "FastVideo run folder)")
 
 
 def _oracle_args(p: argparse.ArgumentParser) -> None:
@@ -138,6 +155,7 @@ def _oracle_args(p: argparse.ArgumentParser) -> None:
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     g = p.add_argument_group("model")
     g.add_argument("--snapshot", help="Overworld snapshot folder or repo id (default: the built-in tiny checkpoint)")
     g.add_argument("--trust-remote-code", action="store_true", help="allow the snapshot's own Python files to run")
@@ -150,21 +168,11 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", help="cpu, cuda, cuda:1 (default: $DEVICE, else cuda when available)")
 
 
-def _side_config(args):
-    from parity.environment import default_device
-    from parity.suite import SideConfig
-    from parity.tiny import ensure_checkpoint
-
-    snapshot = args.snapshot or ensure_checkpoint()
-    return SideConfig(snapshot=snapshot, trust_remote_code=args.trust_remote_code, text_encoder=args.text_encoder,
-                      hf_cache_dir=args.hf_cache_dir, fastvideo_bundle=args.fastvideo_bundle, code_source=args.code_source,
-                      device=args.device or default_device())
-
-
 def cmd_run(args) -> int:
     from parity.capture import CapturePolicy
     from parity.case import load_case
     from parity.runner import RunRequest
+    from parity.suite import SideConfig
     from reference.options import parse_cli_override
 
     case = load_case(args.case)
@@ -172,7 +180,7 @@ def cmd_run(args) -> int:
     overrides = dict(parse_cli_override(text) for text in args.option)
     if args.resume and args.side == "fastvideo":
         raise UserError("--resume applies to reference sides (upstream, script) only")
-    sides = _side_config(args)
+    sides = SideConfig.from_args(args)
     out = sides.runner(args.side).run(RunRequest(case, args.side, args.out, sides.device, overrides, args.prompt_from,
                                                       resume=args.resume, max_capture_bytes=args.max_capture_bytes,
                                                       capture=args.capture))
@@ -224,14 +232,14 @@ def _oracle(args, a, b):
 def cmd_compare(args) -> int:
     from parity.capture import Capture
     from parity.compare import compare_captures
-    from parity.output import SUMMARY, print_result, write_outputs
+    from parity.output import SUMMARY, console, print_result, write_outputs
 
     a, b = Capture.open(args.a), Capture.open(args.b)
     tolerances = _tolerances(args, a)
     if args.out and (args.out / SUMMARY).exists():
         raise UserError("already holds a comparison; choose another --out", args.out)
     result = compare_captures(a, b, tolerances, oracle=_oracle(args, a, b))
-    print_result(result, _console())
+    print_result(result, console())
     if args.out:
         paths = write_outputs(result, args.out)
         print(f"summary: {paths['summary']}")
@@ -258,9 +266,10 @@ def cmd_parity(args) -> int:
     from datetime import datetime
 
     from parity.case import load_case
+    from parity.output import console as make_console
     from parity.output import print_result
     from parity.report import write_report, write_run_index
-    from parity.suite import CaseRunner, default_pairs, new_run_folder, write_index
+    from parity.suite import CaseRunner, SideConfig, default_pairs, new_run_folder, write_index
 
     from parity.shard import parse_shard, select_shard
 
@@ -271,13 +280,13 @@ def cmd_parity(args) -> int:
     cases = [load_case(f) for f in files]  # every case is validated before anything runs
     if shard:
         cases = select_shard(cases, shard, lambda c: c.name)
-    sides = _side_config(args)
-    pairs_default, fastvideo_note = default_pairs()
+    sides = SideConfig.from_args(args)
+    pairs_default, fastvideo_note = default_pairs(sides.fastvideo_bundle, sides.snapshot)
     notes = []
     if fastvideo_note:
         notes.append(f"FastVideo side skipped: {fastvideo_note}")
     out_root = new_run_folder(args.out_root, datetime.now().strftime("%Y%m%d-%H%M%S"))
-    console = _console()
+    console = make_console()
     console.print(f"model: {sides.snapshot} on {sides.device}")
     for note in notes:
         console.print(f"[yellow]{note}[/]")
@@ -369,8 +378,8 @@ def cmd_make_checkpoint(args) -> int:
     if args.arch == "waypoint":
         from parity.tiny.waypoint_arch import make_waypoint_checkpoint
 
-        paths = make_waypoint_checkpoint(args.dir, seed=args.seed)
-        print(f"tiny real-architecture checkpoint written: snapshot {paths['snapshot']}, FastVideo bundle {paths['bundle']}")
+        paths = make_waypoint_checkpoint(args.dir, seed=args.seed, size=args.size, device=args.device or "cpu")
+        print(f"{args.size} real-architecture checkpoint written: snapshot {paths['snapshot']}, FastVideo bundle {paths['bundle']}")
         print(f"use it with --snapshot {paths['snapshot']} --code-source world_engine --fastvideo-bundle {paths['bundle']}")
         return 0
     from parity.tiny import make_checkpoint
@@ -380,10 +389,3 @@ def cmd_make_checkpoint(args) -> int:
     if args.hf_cache:
         print(f"use it offline with HF_HUB_CACHE={args.dir} and --snapshot {args.repo_id}")
     return 0
-
-
-def _console():
-    from rich.console import Console
-
-    # CI logs are not terminals; a fixed width keeps tables readable there instead of 80 columns.
-    return Console(width=None if sys.stdout.isatty() else 160)

@@ -28,10 +28,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from parity.capture import LAYOUTS, Capture, StageKey, manifest_value
+from parity.config_words import USED, field_value, row_kind, words
 from parity.metrics import Metrics, compare_arrays, compare_frames
 from parity.numbers import vs
 from parity.tolerances import (DTYPE, EXACT, FAMILIES, ORACLE, OracleVerdict, Tolerance, Tolerances, coarser,
                                judge_against_oracle, stage_rule)
+from parity.structure import StructureDiff, diff_captures
 
 PASS, FAIL, MISSING_A, MISSING_B, SHAPE = "pass", "fail", "missing in A", "missing in B", "shape mismatch"
 NOT_SAMPLED = "not sampled"
@@ -41,7 +43,8 @@ CONFIG_FIELDS = (
     ("sigmas", "protocol.sigmas"),
     ("steps", "protocol.steps"),
     ("sigma dtype", "protocol.sigma_dtype"),
-    ("noise rule", "protocol.noise_rule"),
+    ("noise used", "protocol.noise_rule"),
+    ("native noise rule", "protocol.native_noise_rule"),
     ("noise dtype", "protocol.noise_dtype"),
     ("encoder class", "protocol.encoder_class"),
     ("encoder dtype", "protocol.encoder_dtype"),
@@ -56,6 +59,7 @@ CONFIG_FIELDS = (
     ("latent shift", "protocol.latent_shift"),
     ("strict weight load", "protocol.strict_load"),
     ("attention kernel", "options.sdpa_backend"),
+    ("inference setup", "setup.summary"),
     ("runner", "runner.name"),
     ("profile", "runner.profile"),
     ("device", "device"),
@@ -64,7 +68,9 @@ CONFIG_FIELDS = (
     ("prompt", "case.prompt"),
     ("weights", "model.weights_sha256"),
 )
-"""(label, dotted manifest path) of each config-diff row, protocol first."""
+"""(label, dotted manifest path) of each config-diff row, protocol first. Rows named in
+`parity.config_words.DERIVED` (noise used, native noise rule, attention kernel, profile) are read per
+runner instead, since the reference and FastVideo runners record them in different places."""
 
 
 @dataclass
@@ -72,10 +78,26 @@ class ConfigRow:
     field: str
     a: Any
     b: Any
+    kind: str = USED
+    """`used` (what this run used) or `designed` (a side's own design the alignment policy replaced)."""
 
     @property
     def differs(self) -> bool:
         return self.a != self.b
+
+    @property
+    def text_a(self) -> str:
+        return words(self.field, self.a)
+
+    @property
+    def text_b(self) -> str:
+        return words(self.field, self.b)
+
+
+def config_rows(a: dict, b: dict) -> list[ConfigRow]:
+    """The config diff of two manifests, one row per `CONFIG_FIELDS` entry."""
+    return [ConfigRow(label, field_value(a, label, path), field_value(b, label, path), row_kind(label, a, b))
+            for label, path in CONFIG_FIELDS]
 
 
 @dataclass
@@ -184,6 +206,8 @@ class ComparisonResult:
     tolerances: Tolerances = field(default_factory=Tolerances)
     oracle: Capture | None = None
     """The fp32 oracle the float stages were judged against (None: fixed dtype bounds)."""
+    structure: StructureDiff | None = None
+    """The two live models' structural diff (listed like the config diff, not judged)."""
 
     @property
     def passed(self) -> bool:
@@ -230,7 +254,7 @@ def compare_captures(a: Capture, b: Capture, tolerances: Tolerances | None = Non
                      oracle: Capture | None = None) -> ComparisonResult:
     """`oracle`: the fp32 rerun of A's side (`parity.oracle`); without it, fixed dtype bounds."""
     tolerances = tolerances or Tolerances()
-    config = [ConfigRow(label, manifest_value(a.manifest, path), manifest_value(b.manifest, path)) for label, path in CONFIG_FIELDS]
+    config = config_rows(a.manifest, b.manifest)
     keys_a = {k.id: k for k in a.keys()}
     keys_b = {k.id: k for k in b.keys()}
     all_keys = sorted({**keys_a, **keys_b}.values(), key=lambda k: k.order)
@@ -255,7 +279,7 @@ def compare_captures(a: Capture, b: Capture, tolerances: Tolerances | None = Non
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         stages = [s for group in pool.map(one_frame, by_frame.values()) for s in group]
     stages.sort(key=lambda s: s.key.order)
-    return ComparisonResult(a, b, config, stages, tolerances, oracle)
+    return ComparisonResult(a, b, config, stages, tolerances, oracle, structure=diff_captures(a, b))
 
 
 @dataclass

@@ -50,3 +50,29 @@ def default_device() -> str:
     if requested:
         return requested
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def source_commit(roots, marker: str) -> str | None:
+    """The commit of a source tree imported at run time (FastVideo, world_engine): `git rev-parse HEAD`
+    only when the tree is its own repository (its top level is one of `roots`), else the `marker` file
+    an exported tree carries (`FASTVIDEO_COMMIT`, `WORLD_ENGINE_COMMIT`) in one of `roots`. A tree
+    copied into another repository would otherwise report that repository's commit."""
+    import subprocess
+    from pathlib import Path
+
+    roots = [Path(r).resolve() for r in roots]
+
+    def git(*args) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(roots[0]), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    top = git("rev-parse", "--show-toplevel")
+    if top and Path(top).resolve() in roots:
+        return git("rev-parse", "HEAD")
+    for root in roots:
+        if (root / marker).is_file():
+            return (root / marker).read_text().strip()
+    return None

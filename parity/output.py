@@ -14,6 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from parity.compare import ComparisonResult, StageResult
+
+
+def console():
+    """The rich console every command prints to."""
+    import sys
+
+    from rich.console import Console
+
+    # CI logs are not terminals; a fixed width keeps tables readable there instead of 80 columns.
+    return Console(width=None if sys.stdout.isatty() else 160)
 from parity.metrics import PSNR_DATA_RANGE, SSIM_PARAMS
 
 SUMMARY = "summary.json"
@@ -31,7 +41,9 @@ def summary_dict(result: ComparisonResult) -> dict[str, Any]:
         "first_divergence": _stage_summary(first),
         "first_value_divergence": _stage_summary(first_value),
         "first_divergent_frame": result.first_divergent_frame,
-        "config_diff": [{"field": r.field, "a": r.a, "b": r.b, "differs": r.differs} for r in result.config],
+        "config_diff": [{"field": r.field, "a": r.a, "b": r.b, "differs": r.differs, "kind": r.kind,
+                         "a_text": r.text_a, "b_text": r.text_b} for r in result.config],
+        "structure": result.structure.to_dict() if result.structure is not None else None,
         "families": [
             {"family": f.family, "stages": f.stages, "failed": f.failed, "verdict": "PASS" if f.passed else "FAIL",
              "worst": _stage_summary(f.worst), "first_failing": _stage_summary(f.first_failing),
@@ -106,18 +118,18 @@ def print_result(result: ComparisonResult, console=None, title: str | None = Non
     from rich.table import Table
 
     console = console or Console()
-    diff = Table(title=title or f"{result.a.name} (A) vs {result.b.name} (B): config diff", show_lines=False)
+    diff = Table(title=title or f"{result.a.name} (A) vs {result.b.name} (B): config diff", show_lines=False,
+                 caption=f"{DIFFERS_MARK} differs in this run   {DESIGNED_MARK} designed difference of a side, "
+                         "replaced in this run by the alignment policy (shared noise / prompt)")
+    diff.add_column("", width=1)
     diff.add_column("field")
     diff.add_column("A", overflow="fold")
     diff.add_column("B", overflow="fold")
     for row in result.config:
-        if row.field in ("weights",):
-            a, b = ("same" if not row.differs else "differ", "") if row.a and row.b else (str(row.a), str(row.b))
-        else:
-            a, b = _short(row.a), _short(row.b)
-        style = "bold yellow" if row.differs else "dim"
-        diff.add_row(escape(row.field), escape(a), escape(b), style=style)
+        mark, style = _config_mark(row)
+        diff.add_row(mark, escape(row.field), escape(row.text_a), escape(row.text_b), style=style)
     console.print(diff)
+    print_structure(result.structure, console)
 
     judge = (f"against the fp32 oracle {result.oracle.run_dir.name}" if result.oracle is not None
              else "by fixed dtype bounds (no oracle)")
@@ -179,10 +191,52 @@ def _failing_cell(s: StageResult) -> str:
     return f"{s.key.id}: NaN/Inf {m.nonfinite_a} vs {m.nonfinite_b}"
 
 
-def _short(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.8g}"
-    if isinstance(value, list) and all(isinstance(v, float) for v in value):
-        return "[" + ", ".join(f"{v:.8g}" for v in value) + "]"
-    text = str(value)
-    return text if len(text) <= 70 else text[:67] + "..."
+DIFFERS_MARK, DESIGNED_MARK, INFO_MARK = "≠", "◇", "·"
+
+
+def _config_mark(row) -> tuple[str, str]:
+    """(symbol, style) of a config row: the symbol carries the meaning without colour."""
+    if not row.differs:
+        return "", "dim"
+    if row.kind == "designed":
+        return DESIGNED_MARK, "cyan"
+    return DIFFERS_MARK, "bold yellow"
+
+
+def print_structure(diff, console) -> None:
+    """The structural diff of the two live models: what differs, what is designed, a few notes."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    if diff is None:
+        return
+    if not diff.available:
+        console.print(f"[dim]structure: {escape(diff.note)}[/]")
+        return
+    from parity.structure import DESIGNED, DIFFERS, INFO
+
+    grouped = [f for f, _ in diff.grouped()]
+    shown = [f for f in grouped if f.kind in (DIFFERS, DESIGNED)]
+    infos = [f for f in grouped if f.kind == INFO]
+    matched = "; ".join(f"{c}: {m}" for c, m in diff.matched.items())
+    notes = (f"{sum(f.kind == INFO for f in diff.findings)} notes (buffers one side computes in forward, "
+             "parameter-free helper modules) in summary.json and the report")
+    if not shown:
+        console.print(f"structure: [green]no difference[/] between the live models ({escape(matched)}); {notes}")
+        return
+    table = Table(title=f"structure diff of the live models ({len(diff.differences)} differing, "
+                        f"{sum(f.kind == DESIGNED for f in diff.findings)} designed, "
+                        f"{sum(f.kind == INFO for f in diff.findings)} notes)",
+                  caption=f"{DIFFERS_MARK} changes numerics   {DESIGNED_MARK} designed (precision policy)   "
+                          f"{INFO_MARK} note; matched {matched}")
+    table.add_column("", width=1)
+    for col in ("where", "what", "A", "B", "how obtained"):
+        table.add_column(col, overflow="fold")
+    marks = {DIFFERS: (DIFFERS_MARK, "bold yellow"), DESIGNED: (DESIGNED_MARK, "cyan"), INFO: (INFO_MARK, "dim")}
+    for f in shown:
+        mark, style = marks[f.kind]
+        where = f"{f.component} {f.where}".strip()
+        table.add_row(mark, escape(where), escape(f.what), escape(f.a), escape(f.b), escape(f.how), style=style)
+    if infos:
+        table.add_row(INFO_MARK, escape(notes), "", "", "", "", style="dim")
+    console.print(table)

@@ -87,10 +87,11 @@ def _shared(config) -> dict:
             Path(out).mkdir(parents=True, exist_ok=True)
         root = Path(out) if out else new_run_folder(Path("reports"), "pytest-" + datetime.now().strftime("%Y%m%d-%H%M%S"))
         shutil.rmtree(root / PARTS, ignore_errors=True)  # rows of an earlier, interrupted run into the same --parity-out
-        _, fastvideo_note = default_pairs()
+        snapshot = str(config.getoption("--parity-snapshot") or ensure_checkpoint())  # made once, not per worker
+        _, fastvideo_note = default_pairs(config.getoption("--parity-bundle"), snapshot)
         config._waypoint_parity_shared = {
             "root": str(root.resolve()),
-            "snapshot": str(config.getoption("--parity-snapshot") or ensure_checkpoint()),  # made once, not per worker
+            "snapshot": snapshot,
             "notes": [f"FastVideo side skipped: {fastvideo_note}"] if fastvideo_note else [],
         }
     return config._waypoint_parity_shared
@@ -198,7 +199,7 @@ class CaseFile(pytest.File):
         except UserError as exc:
             raise self.CollectError(exc.one_line()) from None
         self.case_name = case.name
-        pairs, fastvideo_note = default_pairs()
+        pairs, fastvideo_note = default_pairs(self.config.getoption("--parity-bundle"), _shared(self.config)["snapshot"])
         pairs = case.pairs or pairs
         for pair in pairs:
             for group in GROUPS:

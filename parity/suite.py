@@ -40,6 +40,17 @@ class SideConfig:
     code_source: str = "snapshot"
     """Reference sides: `snapshot` (its own .py files) or `world_engine` (see reference.world_engine_code)."""
 
+    @classmethod
+    def from_args(cls, args) -> "SideConfig":
+        """From the command line's side options (`--snapshot`, `--device`, ...); the tiny checkpoint
+        when no snapshot is named."""
+        from parity.environment import default_device
+        from parity.tiny import ensure_checkpoint
+
+        return cls(snapshot=args.snapshot or ensure_checkpoint(), trust_remote_code=args.trust_remote_code,
+                   text_encoder=args.text_encoder, hf_cache_dir=args.hf_cache_dir, fastvideo_bundle=args.fastvideo_bundle,
+                   code_source=args.code_source, device=args.device or default_device())
+
     def runner(self, side: str) -> Runner:
         if side in ("upstream", "script"):
             from reference.runner import ReferenceRunner
@@ -55,13 +66,17 @@ class SideConfig:
         raise UserError(f"unknown side {side!r}")
 
 
-def default_pairs() -> tuple[tuple[Pair, ...], str | None]:
-    """upstream vs script always; upstream vs fastvideo when FastVideo can be imported.
+def default_pairs(fastvideo_bundle: str | Path | None = None, snapshot: str | Path | None = None,
+                  check_bundle: bool = True) -> tuple[tuple[Pair, ...], str | None]:
+    """upstream vs script always; upstream vs fastvideo when FastVideo can be imported and a FastVideo
+    bundle is named (or lies beside the snapshot; `check_bundle=False` asks about FastVideo only).
     Returns the pairs and, when FastVideo is left out, why."""
-    from parity.fastvideo import fastvideo_status
+    from parity.fastvideo import bundle_status, fastvideo_status
 
     pairs = [Pair("upstream", "script")]
-    ok, why = fastvideo_status()
+    ok, why = bundle_status(fastvideo_bundle, snapshot) if check_bundle else (True, "")
+    if ok:
+        ok, why = fastvideo_status()
     if ok:
         pairs.append(Pair("upstream", "fastvideo"))
     return tuple(pairs), (None if ok else why)

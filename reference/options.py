@@ -90,6 +90,16 @@ class ReferenceOptions:
     `reduce-overhead`, `max-autotune`) applied to the transformer for the run. Compilation time is
     reported apart (the first frame's time, in the manifest's `frame_times_s`)."""
 
+    world_engine_setup: str = "none"
+    """With `--code-source world_engine`: how much of `WorldEngine`'s own inference setup to apply.
+    `none`: the plain `WorldModel` and `AutoEncoder`, eager. `patches`: what `WorldEngine` does to the
+    modules after casting them: `apply_inference_patches` (bf16 lookup tables for the noise
+    conditioning, merged QKV projection, split MLP fusion) and the VAE's weight norm baked in
+    (`bake_weight_norm_`, as `InferenceAE.from_pretrained` does, before the cast). `inference`:
+    `patches` plus its compile (`torch.compile(fullgraph=True, mode="max-autotune", dynamic=False)`, on each
+    model call here, on the whole denoise / cache pass in `WorldEngine`) and its decode
+    (`InferenceAE.decode`, compiled, under CUDA bf16 autocast). Needs bf16 model and sigmas."""
+
     strict_load: bool = True
     """Load transformer weights strictly (upstream). The script used strict=False, so missing or
     unexpected keys went unnoticed; with False they are still recorded in the manifest."""
@@ -108,6 +118,7 @@ class ReferenceOptions:
             "decode_input_dtype": ("model",) + DTYPES,
             "sdpa_backend": ("default", "math", "flash_attention", "efficient_attention", "cudnn_attention"),
             "compile_mode": ("none", "default", "reduce-overhead", "max-autotune"),
+            "world_engine_setup": ("none", "patches", "inference"),
         }
         for name, allowed in choices.items():
             value = getattr(self, name)
@@ -117,6 +128,12 @@ class ReferenceOptions:
             raise ValueError(f"option 'prompt_max_length' must be >= 1, got {self.prompt_max_length}")
         if self.latent_scale == 0:
             raise ValueError("option 'latent_scale' must not be 0")
+        if self.world_engine_setup != "none" and (self.model_dtype, self.sigma_dtype) != ("bfloat16", "bfloat16"):
+            raise ValueError(f"option 'world_engine_setup' = {self.world_engine_setup!r} needs model_dtype and sigma_dtype "
+                             "bfloat16 (its lookup tables are keyed by bf16 sigmas)")
+        if self.world_engine_setup == "inference" and self.compile_mode != "none":
+            raise ValueError("option 'world_engine_setup' = 'inference' compiles the model as world_engine does; "
+                             "leave 'compile_mode' at none")
         if self.sigmas != "config":
             check_schedule(tuple(self.sigmas), "option 'sigmas'")
         if self.sigmas_fallback:

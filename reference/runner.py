@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from parity import alignment
+from parity import alignment, structure
 from parity.capture import CapturePolicy, Protocol
 from parity.environment import describe_environment, pin_numerics
 from parity.errors import UserError
@@ -27,6 +27,7 @@ from reference import snapshot as snap
 from reference import checks
 from reference.options import ReferenceOptions, resolve_options
 from reference.prompt import ENCODER_CLASSES, encode_prompt
+from reference.world_engine_code import setup_summary
 
 
 @dataclass
@@ -42,6 +43,10 @@ class LoadedSnapshot:
     tokenizer_dir: Path
     latent_shape: tuple[int, ...] | None = None
     code: dict[str, Any] | None = None
+    no_cache: Any = None
+    """What the model gets as `kv_cache` when `cache_mode = none`: None for snapshot code (its
+    attention skips a missing cache); world_engine's attention always calls `kv_cache.upsert`, so
+    there it is the official script's stand-in cache (`upsert` returns this frame's K/V, no mask)."""
 
 
 CODE_SOURCES = ("snapshot", "world_engine")
@@ -68,6 +73,9 @@ class ReferenceRunner:
         path = snap.resolve_snapshot(self.snapshot_spec, self.hf_cache_dir)
         if self.code_source == "world_engine":
             return self._load_world_engine(path, options, device)
+        if options.world_engine_setup != "none":
+            raise UserError("option 'world_engine_setup' needs --code-source world_engine (the snapshot's own code has no "
+                            "world_engine inference setup)", path)
         snap.check_layout(path)
         trust = snap.require_trust(path, self.trust_remote_code)
         config = snap.read_json(path / "transformer" / "config.json")
@@ -112,7 +120,7 @@ class ReferenceRunner:
         encoder_dir, tokenizer_dir = self._text_encoder_dirs(path)
         return LoadedSnapshot(path, config, parts.model, parts.vae, parts.cache_factory,
                               "no snapshot code runs (model code from world_engine)", report, encoder_dir, tokenizer_dir,
-                              latent_shape=parts.latent_shape, code=parts.code)
+                              latent_shape=parts.latent_shape, code=parts.code, no_cache=parts.no_cache)
 
     def _text_encoder_dirs(self, path: Path) -> tuple[Path, Path]:
         if self.text_encoder is None and (path / "text_encoder").is_dir():
@@ -161,6 +169,7 @@ class ReferenceRunner:
             "environment": describe_environment(device),
             "model": self._model_block(loaded, options),
             **({"purpose": request.purpose} if request.purpose else {}),
+            "setup": setup_summary(self.code_source, options),
         }, policy=CapturePolicy.parse(request.capture), background=device.startswith("cuda"))
         started = time.perf_counter()
         writer.record_prompt(emb, pad_mask)
@@ -174,11 +183,13 @@ class ReferenceRunner:
             cache_pass=options.cache_pass and options.cache_mode != "none", vae_dtype=options.vae_dtype,
             decode_input_dtype=options.model_dtype if options.decode_input_dtype == "model" else options.decode_input_dtype,
             latent_scale=options.latent_scale, latent_shift=options.latent_shift, strict_load=options.strict_load,
+            native_noise_rule=_native_noise_rule(options),
         )
         writer.set("protocol", protocol.describe())
         writer.set("alignment", {"noise": case.alignment.noise, "prompt": case.alignment.prompt, "prompt_source": prompt_source})
 
-        cache = loaded.cache_class(loaded.config, 1, model_dtype) if options.cache_mode == "ring" else None
+        cache = loaded.cache_class(loaded.config, 1, model_dtype) if options.cache_mode == "ring" else loaded.no_cache
+        structure.write(request.out_dir, structure.describe({"transformer": loaded.model, "vae": loaded.vae}, cache=cache))
         if case.alignment.noise == "native" and options.noise_rule == "global":
             torch.manual_seed(case.seed)
         teacher = None
@@ -187,7 +198,9 @@ class ReferenceRunner:
 
             teacher = TeacherInputs.open(request.teacher, case.frames)
             writer.set("teacher_forced", {"teacher": str(request.teacher), "steps": teacher.steps})
-        if options.compile_mode != "none":
+        if options.world_engine_setup == "inference":
+            loaded.model = torch.compile(loaded.model, fullgraph=True, mode="max-autotune", dynamic=False)
+        elif options.compile_mode != "none":
             loaded.model = torch.compile(loaded.model, mode=options.compile_mode)
         frame_times: list[float] = []
         try:
@@ -248,7 +261,7 @@ class ReferenceRunner:
             if teacher is not None:
                 x = teacher.latent(f, device, model_dtype)
             rec["latent"] = x
-            if cache is not None and options.cache_pass:
+            if cache is not None and options.cache_mode == "ring" and options.cache_pass:
                 cache.set_frozen(False)
                 out = call(x, torch.zeros((), dtype=sigmas.dtype, device=device), f"frame {f}, cache_pass")
                 cache.set_frozen(True)

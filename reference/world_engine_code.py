@@ -11,9 +11,10 @@ What comes from where (recorded in the manifest under `model.code`):
 - transformer: `world_engine.model.WorldModel(config)`, config = the snapshot's `transformer/config.json`
   as an OmegaConf object (what `WorldModel.load_config` builds from `config.yaml`), weights loaded
   strictly from `transformer/*.safetensors`, then `.to(device, dtype).eval()` as `WorldEngine` does.
-  `WorldEngine` also applies `apply_inference_patches` (bf16 lookup tables for the noise conditioning,
-  merged QKV); those are not applied here (they only accept the checkpoint's own bf16 sigmas), so this
-  is the unpatched model.
+  By default this is the plain model, eager. Option `world_engine_setup` applies what `WorldEngine`
+  does on top: `patches` = `apply_inference_patches` after the cast (bf16 lookup tables for the noise
+  conditioning, merged QKV, split MLP fusion; they accept only the checkpoint's own bf16 sigmas) and
+  the VAE's weight norm baked; `inference` = `patches` + its compile and its compiled decode.
 - KV cache: `world_engine.model.StaticKVCache(config, batch_size, dtype)`.
 - VAE: `world_engine.ae_nn.AutoEncoder(encoder_config, decoder_config)` with weights from
   `vae/*.safetensors` (strict), decoded by `InferenceAE.decode`'s body without its `torch.compile`
@@ -27,12 +28,12 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from parity.environment import source_commit
 from parity.errors import UserError
 
 SRC_ENV = "WORLD_ENGINE_SRC"
@@ -104,12 +105,9 @@ def world_engine_revision() -> dict[str, Any]:
     path = Path(module.__file__).parent if module is not None and getattr(module, "__file__", None) else None
     info: dict[str, Any] = {"path": str(path) if path else None}
     if path is not None:
-        commit = _git_commit(path)
+        commit = source_commit(tree_roots(path), "WORLD_ENGINE_COMMIT")
         if commit:
             info["commit"] = commit
-        marker = _find_up(path, "WORLD_ENGINE_COMMIT")
-        if marker and "commit" not in info:
-            info["commit"] = marker.read_text().strip()
     try:
         from importlib import metadata
 
@@ -119,19 +117,14 @@ def world_engine_revision() -> dict[str, Any]:
     return info
 
 
-def _find_up(path: Path, name: str) -> Path | None:
-    for parent in (path, *path.parents[:3]):
-        if (parent / name).is_file():
-            return parent / name
-    return None
-
-
-def _git_commit(path: Path) -> str | None:
-    try:
-        out = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
+def tree_roots(package: Path) -> list[Path]:
+    """Where a world_engine checkout's root can be, seen from its package folder: the package folder
+    itself, the folder holding it, and, for the `src/` layout, the folder above `src/`."""
+    package = package.resolve()
+    roots = [package, package.parent]
+    if package.name == "src" or package.parent.name == "src":
+        roots.append(package.parent.parent if package.parent.name == "src" else package.parent)
+    return list(dict.fromkeys(roots))
 
 
 def model_config(config: dict[str, Any]):
@@ -223,6 +216,44 @@ def _uncompiled_decode() -> Callable | None:
     return call
 
 
+class NoKVCache:
+    """The official script's stand-in when it finds no `StaticKVCache` (`cache_mode = none`): nothing
+    is stored, each attention sees only the current frame's K/V, unmasked."""
+
+    def set_frozen(self, frozen: bool) -> None:
+        pass
+
+    def upsert(self, k, v, pos_ids, layer_idx):
+        return k, v, None
+
+
+def _world_engine_decode() -> Callable:
+    """`InferenceAE.decode` as world_engine ships it: inference mode, `torch.compile(max-autotune)`, CUDA
+    bf16 autocast."""
+    from world_engine.ae import InferenceAE
+
+    return InferenceAE.decode
+
+
+def setup_summary(code_source: str, options, attention_note: str = "") -> dict[str, Any]:
+    """The reference side's inference setup as the config diff shows it (`setup.summary`)."""
+    if code_source != "world_engine":
+        compiled = options.compile_mode != "none"
+        return {"summary": f"snapshot code; compile {options.compile_mode}; attention torch SDPA ({options.sdpa_backend})",
+                "loader": "harness: the snapshot's classes, strict load", "patches": "none",
+                "compile": options.compile_mode if compiled else "none", "attention": f"torch SDPA ({options.sdpa_backend})"}
+    setup = options.world_engine_setup
+    if setup == "inference":
+        compile_ = "torch.compile(fullgraph=True, mode=max-autotune, dynamic=False) per model call"
+    else:
+        compile_ = options.compile_mode
+    attention = "world_engine flex_attention " + ("(compiled)" if compile_ != "none" else "(eager)")
+    patches = "apply_inference_patches + baked VAE weight norm" if setup != "none" else "none"
+    return {"summary": f"world_engine setup {setup}: patches {patches}; compile {compile_}; attention {attention}",
+            "loader": "harness: world_engine WorldModel(config), strict load", "patches": patches, "compile": compile_,
+            "attention": attention}
+
+
 @dataclass
 class WorldEngineParts:
     model: Any
@@ -230,6 +261,7 @@ class WorldEngineParts:
     cache_factory: Callable
     latent_shape: tuple[int, ...]
     code: dict[str, Any]
+    no_cache: Any = None
 
 
 def load_parts(snapshot: Path, config: dict[str, Any], options, device: str, load_weights, read_json):
@@ -254,13 +286,22 @@ def load_parts(snapshot: Path, config: dict[str, Any], options, device: str, loa
                         snapshot / "transformer" / "config.json") from None
     report = load_weights(model, snapshot / "transformer", options.strict_load, "transformer")
     model = model.to(device=device, dtype=getattr(torch, options.model_dtype)).eval()
+    setup = options.world_engine_setup
+    if setup != "none":
+        from world_engine.patch_model import apply_inference_patches
+
+        apply_inference_patches(model)  # after the cast, as WorldEngine.__init__ calls it
 
     vae_path = snapshot / "vae" / "config.json"
     enc_cfg, dec_cfg = vae_configs(read_json(vae_path), vae_path)
     with torch.device(device):
         ae = AutoEncoder(enc_cfg, dec_cfg)
     load_weights(ae, snapshot / "vae", True, "VAE")
-    decode_fn = _uncompiled_decode()
+    if setup != "none":
+        from world_engine.ae import bake_weight_norm_
+
+        bake_weight_norm_(ae)  # InferenceAE.from_pretrained, before the cast to the VAE dtype
+    decode_fn = _world_engine_decode() if setup == "inference" else _uncompiled_decode()
     vae = WorldEngineDecoder(ae, decode_fn).to(device=device, dtype=getattr(torch, options.vae_dtype)).eval()
 
     def cache_factory(_config, batch_size, dtype):
@@ -269,10 +310,14 @@ def load_parts(snapshot: Path, config: dict[str, Any], options, device: str, loa
     code = {
         "source": "world_engine",
         "world_engine": world_engine_revision(),
-        "transformer": "world_engine.model.WorldModel (no apply_inference_patches)",
+        "transformer": "world_engine.model.WorldModel" + (
+            " + apply_inference_patches (bf16 noise-conditioning lookup tables, merged QKV, split MLP fusion)"
+            if setup != "none" else " (no apply_inference_patches)"),
         "kv_cache": "world_engine.model.StaticKVCache",
-        "vae": "world_engine.ae_nn.AutoEncoder, decode = InferenceAE.decode " + (
+        "vae": "world_engine.ae_nn.AutoEncoder" + (", weight norm baked" if setup != "none" else "") + ", decode = InferenceAE.decode " + (
+            "as world_engine runs it (compiled max-autotune, CUDA bf16 autocast)" if setup == "inference" else
             "body (compile/autocast wrappers removed)" if decode_fn else "rule re-stated (wrappers could not be removed)"),
+        "setup": setup,
     }
     del we
-    return WorldEngineParts(model, vae, cache_factory, latent_shape(config), code), report
+    return WorldEngineParts(model, vae, cache_factory, latent_shape(config), code, NoKVCache()), report

@@ -173,3 +173,21 @@ def test_parity_command_writes_captures_summaries_and_index(tiny_checkpoint, wri
     assert (run / entry["captures"]["a"] / "manifest.json").is_file()
     assert any("FastVideo side skipped" in n for n in index["notes"]) or "fastvideo" in json.dumps(index)
     assert "DIVERGED: 0 of 1 comparisons within tolerance" in out
+
+
+def test_parity_skips_the_fastvideo_pair_with_the_reason_when_no_bundle_is_given(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    """FastVideo importable (FASTVIDEO_SRC set) but no bundle: the pair is skipped and says why, the
+    upstream-vs-script pair still runs and the index is written."""
+    import parity.fastvideo
+
+    monkeypatch.setattr(parity.fastvideo, "fastvideo_status", lambda: (True, "a FastVideo tree (stages pipeline)"))
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    (cases / "one.toml").write_text(SMALL_CASE.replace("frames = 3", "frames = 2"))
+    code, out, _ = run_cli(capsys, "parity", cases, "--snapshot", tiny_checkpoint, "--out-root", tmp_path / "reports", "--device", "cpu")
+    assert code == 0
+    (run,) = (tmp_path / "reports").iterdir()
+    index = json.loads((run / "index.json").read_text())
+    assert [e["pair"] for e in index["comparisons"]] == ["upstream-vs-script"]
+    assert any("FastVideo side skipped: no FastVideo-layout bundle was given" in n for n in index["notes"])
+    assert "pass --fastvideo-bundle" in out

@@ -195,14 +195,17 @@ def test_upstream_rings_wrap_and_history_matters(upstream):
     assert cap.manifest["frames_written"] == 20
 
 
-def test_fastvideo_status_reports_the_adapter(needs_both):
+def test_fastvideo_status_reports_the_adapter(arch_ckpt, tmp_path):
     from parity.fastvideo import fastvideo_status
     from parity.suite import default_pairs
 
     ok, where = fastvideo_status()
     assert ok, where
-    pairs, note = default_pairs()
-    assert note is None and any(p.b == "fastvideo" for p in pairs)
+    for bundle in (arch_ckpt["bundle"], None):  # named, or the sibling of the snapshot
+        pairs, note = default_pairs(bundle, arch_ckpt["snapshot"])
+        assert note is None and any(p.b == "fastvideo" for p in pairs)
+    pairs, note = default_pairs(None, tmp_path)
+    assert "no FastVideo-layout bundle" in note and not any(p.b == "fastvideo" for p in pairs)
 
 
 def test_stage_pipeline_matches_upstream_in_fp32(fastvideo_runs, upstream):
@@ -259,21 +262,136 @@ def test_streaming_revisions_name_their_differences(fastvideo_runs, upstream):
         if len(sigmas) == 4:  # 2e2375dc8: 3 steps from the pipeline config, global-RNG noise
             assert rows["steps"] == (4, 3)
             assert rows["sigmas"][1] == [1.0, 0.94921875, 0.83984375, 0.0]
-            assert "global RNG" in rows["noise rule"][1]
+            assert "global RNG" in rows["native noise rule"][1]
             assert StageKey(0, 3, "step.velocity") in [s.key for s in result.stages if s.status == MISSING_B]
             first_sigma = next(s for s in result.stages if s.key.family == "step.sigma" and not s.passed)
             assert first_sigma.key == StageKey(0, 1, "step.sigma")
         else:  # 640e654f3: the 4 config sigmas, per-frame generator
             assert "steps" not in rows
-            assert "manual_seed(seed + frame)" in rows["noise rule"][1]
+            assert "manual_seed(seed + frame)" in rows["native noise rule"][1]
         # first divergence: the first velocity (rms_norm eps 1e-6 in fp32, bf16 noise-level MLP in bf16)
         assert result.first_value_divergence.key == StageKey(0, 0, "step.velocity")
 
 
 def test_fastvideo_runner_rejects_unknown_options():
-    from parity.fastvideo.runner import FastVideoRunner
+    from parity.fastvideo.options import parse_options
 
     with pytest.raises(UserError, match="unknown FastVideo option 'model_dtype'"):
-        FastVideoRunner._options({"model_dtype": "float32"}, None)
+        parse_options({"model_dtype": "float32"}, None)
     with pytest.raises(UserError, match="strictly descending"):
-        FastVideoRunner._options({"sigmas": [1.0, 1.0, 0.0]}, None)
+        parse_options({"sigmas": [1.0, 1.0, 0.0]}, None)
+
+
+def test_readme_flow_runs_every_default_pair(needs_both, tmp_path):
+    """The README's FastVideo flow, as a user types it: make-checkpoint --arch waypoint, then `parity`
+    with world_engine code and the bundle. Every default pair runs (the script profile gets the
+    official script's stand-in cache: world_engine's attention always calls kv_cache.upsert)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    root = Path(__file__).resolve().parent.parent
+
+    def cli(*args):
+        proc = subprocess.run([sys.executable, "-m", "parity", *map(str, args)], env=env, capture_output=True, text=True,
+                              timeout=900, cwd=root)
+        assert proc.returncode in (0, 1), proc.stdout[-2000:] + proc.stderr[-3000:]
+        return proc
+
+    cli("make-checkpoint", "--arch", "waypoint", tmp_path / "wp")
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    (cases / "two.toml").write_text('prompt = "a road"\nseed = 3\nframes = 2\n[controls]\nbuttons = [17]\n')
+    cli("parity", cases, "--code-source", "world_engine", "--snapshot", tmp_path / "wp" / "overworld",
+        "--fastvideo-bundle", tmp_path / "wp" / "fastvideo", "--device", DEVICE, "--out-root", tmp_path / "out")
+    (run,) = (tmp_path / "out").iterdir()
+    index = json.loads((run / "index.json").read_text())
+    assert sorted(e["pair"] for e in index["comparisons"]) == ["upstream-vs-fastvideo", "upstream-vs-script"]
+    script = json.loads((run / index["comparisons"][0]["captures"]["b"] / "manifest.json").read_text())
+    assert script["frames_written"] == 2
+
+
+def test_fastvideo_attention_compile_is_announced_once_per_dtype():
+    from parity.fastvideo.build import _NOTICED, attention_notice
+
+    _NOTICED.clear()
+    first = attention_notice("FastVideo default", "bfloat16")
+    assert "compiles and autotunes" in first and "--option attention=sdpa" in first
+    assert attention_notice("FastVideo default", "bfloat16") is None
+    assert attention_notice("FastVideo default", "float32") is not None
+    assert attention_notice("torch SDPA (harness: ...)", "float16") is None
+
+
+def test_fastvideo_model_is_built_on_its_device(arch_ckpt):
+    """FastVideo computes the noise conditioner's frequencies when the model is built; built on the CPU
+    and moved, a CUDA run would use the CPU's logspace (1.25e-5 vs 2.5e-6 on an fp32 latent). Its
+    `create_pipeline_stages` then casts the whole transformer to its dtype before putting the noise
+    embedding back in fp32, so in bf16 the frequencies are bf16-rounded (world_engine keeps them fp32)."""
+    import torch
+
+    from parity.fastvideo.runner import FastVideoRunner
+
+    with FastVideoRunner(bundle=arch_ckpt["bundle"]).transformer_session({}, DEVICE) as calls:
+        freq = getattr(calls.model.denoise_step_emb, "freq", None)
+        if freq is None:
+            pytest.skip("this FastVideo revision keeps no frequency buffer")
+        dtype = next(calls.model.transformer.parameters()).dtype
+        expected = torch.logspace(0, -1, steps=freq.numel(), base=10_000.0, dtype=torch.float32, device=DEVICE)
+        expected = expected.to(dtype).float()
+        assert freq.device == expected.device and torch.equal(freq, expected)
+
+
+def test_real_size_matches_fastvideos_defaults_and_builds_on_meta(needs_both):
+    """FastVideo's WaypointArchConfig / WorldEngineVAEArchConfig defaults are Waypoint-1-Small's; the real
+    size must equal them, and both model classes must build at that size (on the meta device: no weights)."""
+    import torch
+
+    from parity.fastvideo import import_fastvideo
+    from parity.tiny.waypoint_arch import configs
+    from reference.world_engine_code import import_world_engine, model_config
+
+    transformer, vae, _ = configs("real")
+    import_fastvideo()
+    from fastvideo.configs.models.dits.waypoint_transformer import WaypointArchConfig
+
+    defaults = WaypointArchConfig()
+    differs = {k: (v, getattr(defaults, k)) for k, v in transformer.items()
+               if hasattr(defaults, k) and k != "patch" and getattr(defaults, k) != v}
+    assert not differs
+    try:
+        from fastvideo.configs.models.vaes import WorldEngineVAEConfig
+
+        vdef = WorldEngineVAEConfig().arch_config
+        assert {k: v for k, v in vae.items() if (tuple(v) if isinstance(v, list) else v) != getattr(vdef, k)} == {}
+    except ImportError:
+        pass  # older revisions have no native VAE config
+    import_world_engine()
+    from world_engine.model import WorldModel
+
+    with torch.device("meta"):
+        model = WorldModel(model_config(transformer))
+    n = sum(p.numel() for p in model.parameters())
+    print(f"real-size world_engine WorldModel: {n / 1e9:.2f} B parameters")
+    assert 1.5e9 < n < 3e9
+
+
+def test_world_engine_inference_patches_are_applied_recorded_and_diffed(arch_ckpt, case_file, upstream, tmp_path):
+    """`world_engine_setup = patches`: world_engine's own apply_inference_patches (bf16 lookup tables,
+    merged QKV, split MLP fusion) and baked VAE weight norm; the manifest says so and the config diff
+    names the setup of each side. Same math in another op order: within bf16 tolerances of the plain model."""
+    from parity.case import load_case
+    from parity.capture import Capture
+    from parity.runner import RunRequest
+    from reference.runner import ReferenceRunner
+
+    runner = ReferenceRunner(arch_ckpt["snapshot"], code_source="world_engine")
+    out = runner.run(RunRequest(load_case(case_file), "upstream", tmp_path / "patched", DEVICE, {"world_engine_setup": "patches"}))
+    cap = Capture.open(out)
+    assert "apply_inference_patches" in cap.manifest["model"]["code"]["transformer"]
+    assert "weight norm baked" in cap.manifest["model"]["code"]["vae"]
+    result = _compare(upstream["bf16"], out, BF16_TOLERANCES)
+    rows = {r.field: (r.a, r.b) for r in result.config if r.differs}
+    assert rows["inference setup"][0].startswith("world_engine setup none")
+    assert rows["inference setup"][1].startswith("world_engine setup patches")
+    worst = _worst(result)
+    print("plain vs patched world_engine, worst rel_l2:", worst)
+    assert worst["step.velocity"] < 0.03 and worst["latent"] < 0.03
+    with pytest.raises(UserError, match="needs model_dtype and sigma_dtype bfloat16"):
+        runner.run(RunRequest(load_case(case_file), "upstream", tmp_path / "fp32", DEVICE, {**FP32, "world_engine_setup": "patches"}))

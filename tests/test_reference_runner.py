@@ -73,7 +73,9 @@ def test_upstream_vs_script_names_the_differences_and_frame_1(small_case, run_si
     assert differing["cache pass"] == (True, False)
     assert differing["encoder class"] == ("UMT5EncoderModel", "T5EncoderModel")
     assert differing["decode input dtype"] == ("bfloat16", "float32")
-    assert "noise rule" not in differing  # shared noise: both sides used the harness's draw
+    assert "noise used" not in differing  # shared noise: both sides used the harness's draw
+    native = next(r for r in result.config if r.field == "native noise rule")
+    assert native.differs and native.kind == "designed"  # each side's own rule, replaced in this run
     assert result.first_divergence.key == StageKey(0, None, "cache_pass.input")
     assert result.first_divergence.status == MISSING_B
     assert result.first_divergent_frame == 1
@@ -89,8 +91,8 @@ def test_native_noise_names_the_noise_rule_and_parts_at_frame_1(write_case, run_
     a = run_side(case, "upstream")
     b = run_side(case, "script", prompt_from=a)
     result = compare_captures(Capture.open(a), Capture.open(b))
-    rule = next(r for r in result.config if r.field == "noise rule")
-    assert rule.differs and "global RNG" in rule.a and "seed + frame" in rule.b
+    rule = next(r for r in result.config if r.field == "noise used")
+    assert rule.differs and rule.kind == "used" and "global RNG" in rule.a and "seed + frame" in rule.b
     # On one device, manual_seed(42) then the global RNG draws what Generator().manual_seed(42 + 0)
     # draws: frame 0 agrees, and the rules part from frame 1 on.
     assert next(s for s in result.stages if s.key == StageKey(0, None, "noise")).passed
@@ -122,3 +124,26 @@ def test_fp32_model_option_runs_in_fp32(small_case, run_side):
     cap = Capture.open(run_side(small_case, options={"model_dtype": "float32", "noise_dtype": "float32", "sigma_dtype": "float32", "vae_dtype": "float32"}))
     assert cap.tensor(StageKey(0, 0, "step.velocity")).dtype == torch.float32
     assert float(cap.tensor(StageKey(0, 1, "step.sigma"))) == pytest.approx(0.8609585762023926)
+
+
+def test_world_engine_setup_needs_world_engine_code_and_bf16(tiny_checkpoint, small_case, tmp_path):
+    from parity.errors import UserError
+    from parity.runner import RunRequest
+    from reference.options import resolve_options
+    from reference.runner import ReferenceRunner
+
+    with pytest.raises(UserError, match="needs model_dtype and sigma_dtype bfloat16"):
+        resolve_options("upstream", {"world_engine_setup": "patches", "model_dtype": "float32"})
+    with pytest.raises(UserError, match="leave 'compile_mode' at none"):
+        resolve_options("upstream", {"world_engine_setup": "inference", "compile_mode": "default"})
+    with pytest.raises(UserError, match="needs --code-source world_engine"):
+        ReferenceRunner(tiny_checkpoint).run(RunRequest(small_case, "upstream", tmp_path / "x", "cpu", {"world_engine_setup": "patches"}))
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_config_diff_shows_each_sides_inference_setup(small_case, run_side):
+    a = Capture.open(run_side(small_case, "upstream", "a"))
+    b = Capture.open(run_side(small_case, "upstream", "b", options={"sdpa_backend": "math"}))
+    assert a.manifest["setup"]["summary"] == "snapshot code; compile none; attention torch SDPA (default)"
+    row = next(r for r in compare_captures(a, b).config if r.field == "inference setup")
+    assert row.differs and row.b.endswith("attention torch SDPA (math)")

@@ -100,12 +100,15 @@ def test_overview_states_verdict_first_divergence_model_and_escapes_the_prompt(d
     assert "<script>window.__xss" not in page and "&lt;script&gt;window.__xss = 1&lt;/script&gt;" in page
     assert not any(t == "b" for t, _ in tags.tags)
     assert [t for t, _ in tags.tags].count("script") == 0  # the overview needs no JS
-    # config diff: differing rows highlighted, equal rows not
-    rows = re.findall(r'<tr( class="differs")?><td>([^<]+?)(?: ≠)?<td class="v">', page)
-    differs = {name for cls, name in rows if cls}
+    # config diff: differing rows highlighted and marked, designed differences (the script's own prompt
+    # encoding, replaced by the shared prompt) marked apart, equal rows not
+    rows = re.findall(r'<tr(?: class="(differs|designed)")?><td>([^<]+?)(?: [≠◇])?<td class="v">', page)
+    differs = {name for cls, name in rows if cls == "differs"}
     same = {name for cls, name in rows if not cls}
-    assert {"cache pass", "prompt source", "profile"} <= differs
+    assert {"cache pass", "profile"} <= differs
+    assert {"prompt source", "encoder class"} <= {name for cls, name in rows if cls == "designed"}
     assert {"seed", "steps", "prompt"} <= same
+    assert "Structure:" in element_text(page, "structure-answer")
     # one stage-table row per family, each linking to a detail page that exists
     links = [a["href"] for t, a in tags.tags if t == "a" and a.get("href", "").startswith("stage-") and "#" not in a["href"]]
     families = [f.family for f in result.families()]

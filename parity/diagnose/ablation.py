@@ -216,7 +216,7 @@ def ablations_from_summary(summary_path: Path) -> tuple[tuple[Ablation, ...], li
         if not row.get("differs"):
             continue
         label, value = row["field"], row["b"]
-        if label == "noise rule":
+        if label in ("native noise rule", "noise rule"):  # "noise rule": summaries written before the split
             rule = "global" if "global" in str(value) else "per_frame_generator" if "seed + frame" in str(value) else None
             if rule:
                 ablations.append(Ablation("config_noise_rule", f"noise rule of B: {value}", {"noise_rule": rule}, noise="native"))
@@ -224,7 +224,7 @@ def ablations_from_summary(summary_path: Path) -> tuple[tuple[Ablation, ...], li
                 notes.append(f"noise rule {value!r}: not reproducible by an option")
             continue
         if label not in _FROM_CONFIG:
-            if label not in ("runner", "profile", "device", "prompt source", "weights", "steps", "sigma dtype", "noise dtype", "strict weight load"):
+            if label not in ("runner", "profile", "device", "prompt source", "weights", "noise used", "attention kernel", "steps", "sigma dtype", "noise dtype", "strict weight load"):
                 notes.append(f"{label}: not reproducible by an option")
             continue
         try:

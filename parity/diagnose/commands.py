@@ -21,6 +21,10 @@ def add_commands(sub, model_args) -> None:
     p.add_argument("case", type=Path)
     p.add_argument("--a", default="upstream", choices=("upstream", "script", "fastvideo"), help="reference side (default upstream)")
     p.add_argument("--b", default="script", choices=("upstream", "script", "fastvideo"), help="target side (default script)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="option override for B, e.g. --option precision=fp32 with --b fastvideo (repeatable)")
+    p.add_argument("--a-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="option override for A, e.g. --a-option model_dtype=float32 (repeatable)")
     p.add_argument("--out-root", type=Path, default=Path("reports"))
     model_args(p)
     p.set_defaults(handler=cmd_diagnose)
@@ -54,13 +58,14 @@ def add_commands(sub, model_args) -> None:
 
 def _setup(args, kind: str):
     from parity.case import load_case
-    from parity.cli import _console, _side_config
+    from parity.output import console
+    from parity.suite import SideConfig
     from parity.suite import new_run_folder
 
     case = load_case(args.case)
-    sides = _side_config(args)
+    sides = SideConfig.from_args(args)
     out = new_run_folder(args.out_root, f"{kind}-{case.name}-" + datetime.now().strftime("%Y%m%d-%H%M%S"))
-    return case, sides, out, _console()
+    return case, sides, out, console()
 
 
 def cmd_diagnose(args) -> int:
@@ -71,9 +76,13 @@ def cmd_diagnose(args) -> int:
     from parity.diagnose.teacher import error_growth
     from parity.runner import RunRequest
 
+    from reference.options import parse_cli_override
+
+    a_options = dict(parse_cli_override(t) for t in args.a_option)
+    b_options = dict(parse_cli_override(t) for t in args.option)
     case, sides, out, console = _setup(args, "diagnose")
-    if args.b == "fastvideo" and not getattr(sides.runner("fastvideo"), "supports_teacher", False):
-        raise UserError("teacher forcing of the FastVideo side is not supported by this adapter yet; diagnose reference sides")
+    if args.a == "fastvideo":
+        raise UserError("--a is the reference the target is forced with; FastVideo can be the target (--b fastvideo) only")
     timings = {}
 
     def timed(label, fn):
@@ -82,10 +91,16 @@ def cmd_diagnose(args) -> int:
         timings[label] = time.perf_counter() - t
         return value
 
-    a = timed("plain run (A)", lambda: sides.runner(args.a).run(RunRequest(case, args.a, out / "a", sides.device)))
-    b = timed("free run (B)", lambda: sides.runner(args.b).run(RunRequest(case, args.b, out / "b-free", sides.device, prompt_from=a)))
-    forced = timed("teacher-forced run (B)", lambda: sides.runner(args.b).run(
-        RunRequest(case, args.b, out / "b-teacher-forced", sides.device, prompt_from=a, teacher=a)))
+    a = timed("plain run (A)", lambda: sides.runner(args.a).run(RunRequest(case, args.a, out / "a", sides.device, a_options)))
+    b = timed("free run (B)", lambda: sides.runner(args.b).run(
+        RunRequest(case, args.b, out / "b-free", sides.device, b_options, prompt_from=a)))
+    forced_request = RunRequest(case, args.b, out / "b-teacher-forced", sides.device, b_options, prompt_from=a, teacher=a)
+    if args.b == "fastvideo":
+        from parity.diagnose.fastvideo_teacher import run_teacher_forced
+
+        forced = timed("teacher-forced run (B)", lambda: run_teacher_forced(sides.runner("fastvideo"), forced_request))
+    else:
+        forced = timed("teacher-forced run (B)", lambda: sides.runner(args.b).run(forced_request))
     local = compare_captures(Capture.open(a), Capture.open(forced), case.tolerances)
     free = compare_captures(Capture.open(a), Capture.open(b), case.tolerances)
     growth = error_growth(local, free)
@@ -103,10 +118,10 @@ def cmd_diagnose(args) -> int:
     drill = None
     fv = free.first_value_divergence
     target = first_local or fv
-    if target is not None and target.key.family in ("step.velocity", "step.update", "cache_pass.output") and "fastvideo" not in (args.a, args.b):
-        from parity.diagnose.drilldown import drill_down_reference
+    if target is not None and target.key.family in ("step.velocity", "step.update", "cache_pass.output"):
+        from parity.diagnose.drilldown import drill_down
 
-        drill = timed("drill-down", lambda: drill_down_reference(target.key, a, forced, args.trust_remote_code, sides.device))
+        drill = timed("drill-down", lambda: drill_down(target.key, a, forced, args.trust_remote_code, sides.device))
         name = drill.first.name_a if drill.first else "none beyond its floor"
         console.print(f"drill-down of {target.key.where()}: first divergent submodule: [bold]{name}[/]"
                       + (f" (rel_l2 {drill.first.rel_l2:.3g}, floor {drill.first.floor:.3g})" if drill.first else ""))
@@ -130,7 +145,7 @@ def cmd_diagnose(args) -> int:
 
 def cmd_drill(args) -> int:
     from parity.capture import Capture
-    from parity.cli import _console
+    from parity.output import console
     from parity.compare import compare_captures
     from parity.diagnose.drilldown import drill_down, parse_stage
     from parity.environment import default_device
@@ -139,7 +154,7 @@ def cmd_drill(args) -> int:
     for path in (args.a, args.b):
         if not (path / "manifest.json").is_file():
             raise UserError("not a capture (no manifest.json)", path)
-    console = _console()
+    console = console()
     if stage is None:
         first = compare_captures(Capture.open(args.a), Capture.open(args.b)).first_value_divergence
         if first is None:

@@ -2,7 +2,12 @@
 
 FastVideo is not on PyPI with the Waypoint port (PR #1058), so it is found either as an installed
 `fastvideo` package or as a source tree named by FASTVIDEO_SRC (put on sys.path for the run).
-Nothing of FastVideo is vendored here; `parity.fastvideo.runner` imports it at run time.
+Nothing of FastVideo is vendored here; it is imported at run time.
+
+Modules: `source` (where FastVideo comes from), `generation` (which pipeline it has), `options`,
+`build` (its modules, built from a bundle), `prompt` (shared or its own text stage), `hooks` (what
+the harness installs and records during a run), `writing` (the capture), `calls` (single transformer
+calls, for drill-down), `runner` (`FastVideoRunner`, which drives all of them).
 
     ok, where = fastvideo_status()     # (True, where) when FastVideo imports and the adapter is usable
     FastVideoRunner(bundle=..., snapshot=...).run(request)    # see parity.fastvideo.runner
@@ -10,55 +15,12 @@ Nothing of FastVideo is vendored here; `parity.fastvideo.runner` imports it at r
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
-from pathlib import Path
-
 from parity.errors import UserError
+from parity.fastvideo.build import bundle_status, sibling_bundle
+from parity.fastvideo.source import SRC_ENV, fastvideo_revision, fastvideo_src_status, import_fastvideo
 
-SRC_ENV = "FASTVIDEO_SRC"
-
-
-def _add_source_tree() -> str | None:
-    src = os.environ.get(SRC_ENV)
-    if not src:
-        return None
-    root = Path(src).expanduser().resolve()
-    if not (root / "fastvideo" / "__init__.py").is_file():
-        raise UserError(f"{SRC_ENV} does not point at a FastVideo source tree (no fastvideo/__init__.py)", root)
-    loaded = sys.modules.get("fastvideo")
-    if loaded is not None and getattr(loaded, "__file__", None):
-        here = Path(loaded.__file__).resolve().parent.parent
-        if here != root:
-            raise UserError(f"FastVideo from {here} is already imported in this process; {SRC_ENV}={root} "
-                            "cannot replace it (run each FastVideo tree in its own process)", root)
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    return str(root)
-
-
-def fastvideo_src_status() -> tuple[bool, str]:
-    """(found, where or why not) without importing FastVideo."""
-    try:
-        src = _add_source_tree()
-    except UserError as exc:
-        return False, exc.one_line()
-    if "fastvideo" not in sys.modules and importlib.util.find_spec("fastvideo") is None:
-        return False, f"FastVideo is not importable (install it, or set {SRC_ENV} to a checkout of PR #1058)"
-    return True, src or "installed fastvideo"
-
-
-def import_fastvideo():
-    """Import `fastvideo` (from FASTVIDEO_SRC or installed); UserError naming the cause otherwise."""
-    ok, where = fastvideo_src_status()
-    if not ok:
-        raise UserError(where)
-    try:
-        import fastvideo  # noqa: F401
-    except Exception as exc:  # a broken tree fails in many ways; the message is what matters
-        raise UserError(f"FastVideo at {where} failed to import ({type(exc).__name__}: {exc})") from None
-    return sys.modules["fastvideo"]
+__all__ = ["SRC_ENV", "bundle_status", "fastvideo_revision", "fastvideo_src_status", "fastvideo_status", "import_fastvideo",
+           "sibling_bundle"]
 
 
 def fastvideo_status() -> tuple[bool, str]:
@@ -68,7 +30,8 @@ def fastvideo_status() -> tuple[bool, str]:
     if not ok:
         return False, where
     try:
-        from parity.fastvideo.runner import FastVideoRunner, detect_generation  # noqa: F401
+        from parity.fastvideo.generation import detect_generation
+        from parity.fastvideo.runner import FastVideoRunner  # noqa: F401
     except ImportError as exc:
         return False, f"FastVideo found at {where}, but the adapter failed to import ({exc})"
     try:

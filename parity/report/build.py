@@ -30,12 +30,13 @@ from typing import Any
 import numpy as np
 
 from parity.capture import Capture, StageKey
-from parity.compare import FAIL, PASS, ComparisonResult, StageResult
+from parity.compare import FAIL, ComparisonResult, StageResult
 from parity.errors import UserError
 from parity.output import oracle_summary
 from parity.metrics import HF_CUTOFF, PSNR_DATA_RANGE, SSIM_PARAMS, high_frequency_share, laplacian_variance
-from parity.report import images
+import parity.report.images as images
 from parity.report.svg import Series, line_chart
+from parity.report.templating import environment, family_page, stage_anchor
 
 REPORT_MARKER = "report.json"
 REPORT_SCHEMA = "waypoint-parity/report"
@@ -122,7 +123,7 @@ def write_report(result: ComparisonResult, out_dir: str | Path, *, run_index: Pa
     `attribution` / `diagnosis`: an attribution.json (`ablate`) / diagnosis.json (`diagnose`); their
     pages are rendered into the report (beside a copy of the JSON) and their one-line answers
     shown on the overview."""
-    from parity.report import diagnosis as diag
+    import parity.report.diagnosis as diag
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -156,7 +157,9 @@ def write_report(result: ComparisonResult, out_dir: str | Path, *, run_index: Pa
         "first_frame": result.first_divergent_frame,
         "families": [_family_entry(f) for f in families],
         "oracle": oracle_summary(result),
-        "config": [{"field": r.field, "a": fmt_value(r.a), "b": fmt_value(r.b), "differs": r.differs} for r in result.config],
+        "config": [{"field": r.field, "a": r.text_a, "b": r.text_b, "differs": r.differs and r.kind != "designed",
+                    "designed": r.differs and r.kind == "designed"} for r in result.config],
+        "structure": _structure_entry(result),
         "models": _side_by_side(_model_block(result.a), _model_block(result.b)),
         "test_model": [s.name for s in (result.a, result.b) if (s.manifest.get("model") or {}).get("test_model")],
         "alignment": _side_by_side(_flatten(result.a.manifest.get("alignment") or {}), _flatten(result.b.manifest.get("alignment") or {})),
@@ -173,7 +176,7 @@ def write_report(result: ComparisonResult, out_dir: str | Path, *, run_index: Pa
                             if extra[name]],
         **answers,
     }
-    env = _environment()
+    env = environment()
     _diagnosis_pages(out_dir, extra, ctx)
     _write(out_dir / "index.html", env.get_template("overview.html").render(page="overview", **ctx))
     _write(out_dir / "blur.html", env.get_template("blur.html").render(page="blur", charts=_blur_charts(art.rows, result), **ctx))
@@ -205,7 +208,7 @@ def write_run_index(out_root: str | Path, entries: list[dict[str, Any]], notes: 
                      "first_value": r.first_value_divergence.explain() if r.first_value_divergence else None,
                      "frame": r.first_divergent_frame, "href": os.path.relpath(e["report"], out_root),
                      "test_model": bool((r.a.manifest.get("model") or {}).get("test_model"))})
-    html = _environment().get_template("run_index.html").render(
+    html = environment().get_template("run_index.html").render(
         page="run", title=f"parity run {out_root.name}", rows=rows, notes=list(notes),
         passed=sum(r["passed"] for r in rows), test_model=any(r["test_model"] for r in rows))
     path = out_root / "index.html"
@@ -216,7 +219,7 @@ def write_run_index(out_root: str | Path, entries: list[dict[str, Any]], notes: 
 def _diagnosis_pages(out_dir: Path, extra: dict[str, Any], ctx: dict[str, Any]) -> None:
     """attribution.html / diagnosis.html inside the report, rendered from a copy of their JSON (and
     attribution.csv) so the report stays self-contained; stale copies of an earlier rendering go."""
-    from parity.report import diagnosis as diag
+    import parity.report.diagnosis as diag
 
     copies = {"attribution": ("attribution.json", "attribution.csv", diag.ATTRIBUTION_PAGE),
               "diagnosis": ("diagnosis.json", diag.DIAGNOSIS_PAGE)}
@@ -459,16 +462,17 @@ def _family_entry(fam) -> dict[str, Any]:
             "page": family_page(fam.family)}
 
 
-def family_page(family: str) -> str:
-    return f"stage-{family}.html"
-
-
-def stage_anchor(stage_id: str) -> str:
-    """`f3/step2.velocity` -> `f3-step2.velocity` (a valid id and file name)."""
-    return stage_id.replace("/", "-")
-
-
 # ---- manifest blocks ----------------------------------------------------------------------------
+
+
+def _structure_entry(result: ComparisonResult) -> dict[str, Any] | None:
+    diff = result.structure
+    if diff is None:
+        return None
+    return {"available": diff.available, "note": diff.note, "matched": diff.matched,
+            "differing": len(diff.differences),
+            "rows": [{"kind": f.kind, "where": f"{f.component} {f.where}".strip(), "what": f.what, "a": f.a, "b": f.b,
+                      "how": f.how, "count": n} for f, n in diff.grouped()]}
 
 
 def _model_block(cap: Capture) -> dict[str, Any]:
@@ -515,38 +519,11 @@ def fmt_value(value: Any) -> str:
     return str(value)
 
 
-def fmt_num(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return f"{value:.{digits}g}"
-    return str(value)
-
-
 def _f(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
 # ---- templates ----------------------------------------------------------------------------------
-
-_ENV = None
-
-
-def _environment():
-    global _ENV
-    if _ENV is None:
-        from jinja2 import Environment, PackageLoader, StrictUndefined
-
-        _ENV = Environment(loader=PackageLoader("parity.report", "templates"), autoescape=True,
-                           undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-        _ENV.filters["num"] = fmt_num
-        _ENV.globals.update(PASS=PASS, FAIL=FAIL, family_page=family_page, stage_anchor=stage_anchor)
-    return _ENV
-
 
 def _write(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8")

@@ -20,6 +20,7 @@ from typing import Any
 
 from parity.errors import UserError
 from parity.report.svg import Series, bar_chart, line_chart
+from parity.report.templating import environment, fmt_num
 
 BLURS = 0.05
 """An ablation "blurs" when it lowers sharpness (variance of the Laplacian) by more than this share."""
@@ -55,8 +56,6 @@ def _num(value: Any) -> float:
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
-    from parity.report.build import fmt_num
-
     return fmt_num(_num(value), digits)
 
 
@@ -212,6 +211,4 @@ def _page_ctx(report_ctx: dict[str, Any], page: str, title: str, out_dir: Path, 
 
 
 def _env():
-    from parity.report.build import _environment
-
-    return _environment()
+    return environment()

@@ -96,6 +96,32 @@ VAE_ARCH = {
 
 TEXT_ENCODER_OVERRIDES = {"d_model": 128, "d_kv": 32, "num_heads": 4, "d_ff": 256}
 
+REAL_SIZE = {
+    "transformer": {"d_model": 2560, "n_heads": 40, "n_kv_heads": 20, "n_layers": 22, "mlp_ratio": 5,
+                    "height": 16, "width": 16, "tokens_per_frame": 256, "n_frames": 4096,
+                    "local_window": 16, "global_window": 128, "global_attn_period": 4, "global_pinned_dilation": 8,
+                    "prompt_embedding_dim": 2048},
+    "vae": {"encoder_ch_0": 64, "encoder_ch_max": 256, "encoder_blocks_per_stage": [1, 1, 1, 1],
+            "decoder_ch_0": 128, "decoder_ch_max": 1024, "decoder_blocks_per_stage": [1, 1, 1, 1]},
+    "text_encoder": {"d_model": 2048, "d_kv": 64, "num_heads": 32, "d_ff": 512, "num_layers": 2},
+}
+"""`--size real`: Waypoint-1-Small's dimensions (transformer/config.json of the real snapshot: 2560 wide,
+40 / 20 KV heads, 22 layers, 16x16 tokens of 2x2 patches = a 16x32x32 latent, 256 tokens per frame,
+windows 16 local / 128 global at dilation 8, every 4th layer global), the real VAE (FastVideo's
+`WorldEngineVAEArchConfig` defaults: 4 stages, 64..256 encoder / 128..1024 decoder channels), and a
+2-layer UMT5 of the real width (2048). Random weights, stored in bf16 (the model runs in bf16)."""
+SIZES = ("tiny", "real")
+
+
+def configs(size: str = "tiny") -> tuple[dict, dict, dict]:
+    """(transformer config, VAE arch, text-encoder overrides) of a checkpoint size."""
+    if size not in SIZES:
+        raise UserError(f"unknown checkpoint size {size!r}; expected one of {', '.join(SIZES)}")
+    if size == "tiny":
+        return dict(TRANSFORMER_CONFIG), dict(VAE_ARCH), dict(TEXT_ENCODER_OVERRIDES)
+    return ({**TRANSFORMER_CONFIG, **REAL_SIZE["transformer"]}, {**VAE_ARCH, **REAL_SIZE["vae"]},
+            {**TEXT_ENCODER_OVERRIDES, **REAL_SIZE["text_encoder"]})
+
 MLP_RENAMES = ((r"\.mlp\.fc1\.", ".mlp.fc_in."), (r"\.mlp\.fc2\.", ".mlp.fc_out."))
 
 
@@ -123,7 +149,7 @@ def available_builder() -> tuple[str, str]:
     ok, where = world_engine_status()
     if ok:
         return "world_engine", where
-    from parity.fastvideo import fastvideo_src_status
+    from parity.fastvideo.source import fastvideo_src_status
 
     ok_fv, where_fv = fastvideo_src_status()
     if ok_fv:
@@ -131,7 +157,12 @@ def available_builder() -> tuple[str, str]:
     raise UserError("--arch waypoint needs the real model classes: " + where + "; or " + where_fv)
 
 
-def make_waypoint_checkpoint(out_dir: str | Path, seed: int = 0, builder: str | None = None) -> dict[str, Path]:
+def make_waypoint_checkpoint(out_dir: str | Path, seed: int = 0, builder: str | None = None, size: str = "tiny",
+                             device: str = "cpu") -> dict[str, Path]:
+    """Both layouts of one random-weight model. `device` is where the weights are built and drawn: at
+    the real size, `cuda` takes seconds where the CPU takes minutes (the same seed gives other
+    values on another device; the marker records which)."""
+    configs(size)  # a bad size fails before anything is written
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UserError("refusing to write a checkpoint into a non-empty folder", out_dir)
@@ -139,9 +170,9 @@ def make_waypoint_checkpoint(out_dir: str | Path, seed: int = 0, builder: str | 
     staging = out_dir.with_name(f".{out_dir.name}.partial")
     if staging.exists():
         shutil.rmtree(staging)
-    transformer_sd, vae_sd, provenance = _build_states(builder, seed)
+    transformer_sd, vae_sd, provenance = _build_states(builder, seed, size, device)
     provenance["found_at"] = where
-    _write(staging, seed, transformer_sd, vae_sd, provenance)
+    _write(staging, seed, transformer_sd, vae_sd, provenance, size)
     if out_dir.exists():
         out_dir.rmdir()
     os.replace(staging, out_dir)
@@ -159,20 +190,21 @@ def _randomise_parameters(module, gen) -> None:
         for name in sorted(params):
             p = params[name]
             if p.ndim >= 2:
-                new = torch.randn(p.shape, generator=gen) / math.sqrt(math.prod(p.shape[1:]))
+                new = torch.randn(p.shape, generator=gen, device=gen.device) / math.sqrt(math.prod(p.shape[1:]))
                 if name.endswith("original0"):  # weight-norm magnitude g: keep it O(1) and positive
-                    new = 0.5 + 0.5 * torch.rand(p.shape, generator=gen)
+                    new = 0.5 + 0.5 * torch.rand(p.shape, generator=gen, device=gen.device)
             elif name.endswith("weight") or name.endswith("scale"):
-                new = 1.0 + 0.1 * torch.randn(p.shape, generator=gen)
+                new = 1.0 + 0.1 * torch.randn(p.shape, generator=gen, device=gen.device)
             else:
-                new = 0.1 * torch.randn(p.shape, generator=gen)
+                new = 0.1 * torch.randn(p.shape, generator=gen, device=gen.device)
             p.copy_(new.to(p.dtype))
 
 
-def _build_states(builder: str, seed: int):
+def _build_states(builder: str, seed: int, size: str = "tiny", device: str = "cpu"):
     import torch
 
-    gen = torch.Generator().manual_seed(seed)
+    transformer_config, vae_arch, _ = configs(size)
+    gen = torch.Generator(device=device).manual_seed(seed)
     if builder == "world_engine":
         from reference.world_engine_code import import_world_engine, model_config, vae_configs, world_engine_revision
 
@@ -180,26 +212,28 @@ def _build_states(builder: str, seed: int):
         from world_engine.ae_nn import AutoEncoder
         from world_engine.model import WorldModel
 
-        model = WorldModel(model_config(TRANSFORMER_CONFIG))
+        with torch.device(device):
+            model = WorldModel(model_config(transformer_config))
         _randomise_parameters(model, gen)
         transformer_sd = to_world_engine_names(model.state_dict())
-        enc, dec = vae_configs(VAE_ARCH, Path("<tiny>"))
-        ae = AutoEncoder(enc, dec)
+        enc, dec = vae_configs(vae_arch, Path(f"<{size}>"))
+        with torch.device(device):
+            ae = AutoEncoder(enc, dec)
         _randomise_parameters(ae, gen)
         vae_sd = ae.state_dict()
         provenance = {"builder": "world_engine", "transformer_class": "world_engine.model.WorldModel",
                       "vae_class": "world_engine.ae_nn.AutoEncoder", "code": world_engine_revision()}
     elif builder == "fastvideo":
-        from parity.fastvideo import import_fastvideo
-        from parity.fastvideo.runner import fastvideo_revision
+        from parity.fastvideo.source import fastvideo_revision, import_fastvideo
 
         import_fastvideo()
         import fastvideo.models.dits.waypoint_transformer as wt
         from fastvideo.configs.models.dits.waypoint_transformer import WaypointArchConfig
 
         fields = WaypointArchConfig.__dataclass_fields__
-        arch = WaypointArchConfig(**{k: (tuple(v) if k == "patch" else v) for k, v in TRANSFORMER_CONFIG.items() if k in fields})
-        model = wt.WaypointWorldModel(arch)
+        arch = WaypointArchConfig(**{k: (tuple(v) if k == "patch" else v) for k, v in transformer_config.items() if k in fields})
+        with torch.device(device):
+            model = wt.WaypointWorldModel(arch)
         _randomise_parameters(model, gen)
         transformer_sd = to_world_engine_names(model.state_dict())
         try:
@@ -209,9 +243,10 @@ def _build_states(builder: str, seed: int):
             raise UserError("this FastVideo revision has no native WorldEngineVAE; build the checkpoint with world_engine "
                             "(set WORLD_ENGINE_SRC)") from None
         vcfg = WorldEngineVAEConfig()
-        for k, v in VAE_ARCH.items():
+        for k, v in vae_arch.items():
             setattr(vcfg.arch_config, k, tuple(v) if isinstance(v, list) else v)
-        vae = WorldEngineVAE(vcfg)
+        with torch.device(device):
+            vae = WorldEngineVAE(vcfg)
         _randomise_parameters(vae, gen)
         vae_sd = vae.state_dict()
         provenance = {"builder": "fastvideo", "transformer_class": "fastvideo WaypointWorldModel",
@@ -220,12 +255,15 @@ def _build_states(builder: str, seed: int):
         raise UserError(f"unknown builder {builder!r}; expected world_engine or fastvideo")
     # clone: world_engine ties the cond-head projections across blocks; every name is stored (strict loads
     # need them all) with the same values
-    transformer_sd = {k: v.detach().to(torch.float32).clone() for k, v in transformer_sd.items()}
-    vae_sd = {k: v.detach().to(torch.float32).clone() for k, v in vae_sd.items()}
+    # the real size is stored in bf16 (the model runs in bf16; fp32 would be 9 GB a layout)
+    dtype = torch.float32 if size == "tiny" else torch.bfloat16
+    transformer_sd = {k: v.detach().to("cpu", dtype).clone() for k, v in transformer_sd.items()}
+    vae_sd = {k: v.detach().to("cpu", torch.float32).clone() for k, v in vae_sd.items()}
+    provenance.update(size=size, device=str(device), weight_dtype=str(dtype).removeprefix("torch."))
     return transformer_sd, vae_sd, provenance
 
 
-def _write(root: Path, seed: int, transformer_sd: dict, vae_sd: dict, provenance: dict) -> None:
+def _write(root: Path, seed: int, transformer_sd: dict, vae_sd: dict, provenance: dict, size: str = "tiny") -> None:
     from parity.tiny.checkpoint import TEXT_ENCODER_CONFIG, _randomised, _save, _write_json, _write_tokenizer
 
     snap, bundle = root / "overworld", root / "fastvideo"
@@ -237,7 +275,8 @@ def _write(root: Path, seed: int, transformer_sd: dict, vae_sd: dict, provenance
     from transformers import UMT5Config, UMT5EncoderModel
 
     vocab = _write_tokenizer(snap / "tokenizer")
-    te_config = dict(TEXT_ENCODER_CONFIG, **TEXT_ENCODER_OVERRIDES, vocab_size=len(vocab))
+    transformer_config, vae_arch, te_overrides = configs(size)
+    te_config = dict(TEXT_ENCODER_CONFIG, **te_overrides, vocab_size=len(vocab))
     (snap / "text_encoder").mkdir()
     _write_json(snap / "text_encoder" / "config.json", te_config)
     encoder = UMT5EncoderModel(UMT5Config(**te_config))
@@ -247,23 +286,23 @@ def _write(root: Path, seed: int, transformer_sd: dict, vae_sd: dict, provenance
     shutil.copytree(snap / "tokenizer", bundle / "tokenizer")
 
     # transformer: world_engine names in the snapshot, FastVideo names in the bundle
-    _write_json(snap / "transformer" / "config.json", TRANSFORMER_CONFIG)
+    _write_json(snap / "transformer" / "config.json", transformer_config)
     _save(transformer_sd, snap / "transformer" / "diffusion_pytorch_model.safetensors")
-    fv_config = dict(TRANSFORMER_CONFIG, _class_name="WaypointWorldModel")
+    fv_config = dict(transformer_config, _class_name="WaypointWorldModel")
     _write_json(bundle / "transformer" / "config.json", fv_config)
     _save(to_fastvideo_names(transformer_sd), bundle / "transformer" / "diffusion_pytorch_model.safetensors")
 
     # VAE: one state dict, world_engine key spellings in the snapshot config, FastVideo's in the bundle
     vae_common = {"_class_name": "WorldEngineVAE", "sample_size": [360, 640], "scaling_factor": 1.0, "shift_factor": 0.0}
-    _write_json(snap / "vae" / "config.json", dict(vae_common, channels=VAE_ARCH["channels"],
-                                                   latent_channels=VAE_ARCH["latent_channels"],
-                                                   ch_0=VAE_ARCH["decoder_ch_0"], ch_max=VAE_ARCH["decoder_ch_max"],
-                                                   encoder_ch_0=VAE_ARCH["encoder_ch_0"], encoder_ch_max=VAE_ARCH["encoder_ch_max"],
-                                                   encoder_blocks_per_stage=VAE_ARCH["encoder_blocks_per_stage"],
-                                                   decoder_blocks_per_stage=VAE_ARCH["decoder_blocks_per_stage"],
-                                                   skip_logvar=VAE_ARCH["skip_logvar"]))
+    _write_json(snap / "vae" / "config.json", dict(vae_common, channels=vae_arch["channels"],
+                                                   latent_channels=vae_arch["latent_channels"],
+                                                   ch_0=vae_arch["decoder_ch_0"], ch_max=vae_arch["decoder_ch_max"],
+                                                   encoder_ch_0=vae_arch["encoder_ch_0"], encoder_ch_max=vae_arch["encoder_ch_max"],
+                                                   encoder_blocks_per_stage=vae_arch["encoder_blocks_per_stage"],
+                                                   decoder_blocks_per_stage=vae_arch["decoder_blocks_per_stage"],
+                                                   skip_logvar=vae_arch["skip_logvar"]))
     _save(vae_sd, snap / "vae" / "diffusion_pytorch_model.safetensors")
-    _write_json(bundle / "vae" / "config.json", dict(vae_common, **VAE_ARCH, scale_factor=1.0))
+    _write_json(bundle / "vae" / "config.json", dict(vae_common, **vae_arch, scale_factor=1.0))
     _save(vae_sd, bundle / "vae" / "diffusion_pytorch_model.safetensors")
 
     _write_json(bundle / "model_index.json", {
@@ -272,7 +311,8 @@ def _write(root: Path, seed: int, transformer_sd: dict, vae_sd: dict, provenance
         "text_encoder": ["transformers", "UMT5EncoderModel"], "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
     })
     marker = {
-        "what": "waypoint-parity tiny random-weight model of the real Waypoint architecture; not Overworld's weights",
+        "what": f"waypoint-parity {size} random-weight model of the real Waypoint architecture; not Overworld's weights",
+        "size": size,
         "generator_version": GENERATOR_VERSION,
         "seed": seed,
         "arch": "waypoint",

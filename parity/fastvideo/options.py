@@ -1,0 +1,41 @@
+"""Options of the FastVideo side (`RunRequest.options`, `--option key=value`).
+
+- `precision`: the transformer's, "bf16" | "fp32" | "fp16" (default: the pipeline config's)
+- `vae_precision`: the VAE's, same choices
+- `sigmas`: an override of `pipeline_config.scheduler_sigmas` (recorded under `alignment.sigma_override`)
+- `attention`: "auto" (SDPA on CPU, FastVideo's default elsewhere), "sdpa" or "native"
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from parity.errors import UserError
+
+OPTION_KEYS = ("precision", "vae_precision", "sigmas", "attention")
+PRECISIONS = {"bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}
+
+
+def parse_options(raw: dict[str, Any], source) -> dict[str, Any]:
+    from reference.options import check_schedule
+
+    out: dict[str, Any] = {"precision": None, "vae_precision": None, "sigmas": None, "attention": "auto"}
+    for key, value in raw.items():
+        if key not in OPTION_KEYS:
+            raise UserError(f"unknown FastVideo option {key!r}; known: {', '.join(OPTION_KEYS)}", source)
+        if key in ("precision", "vae_precision"):
+            if value not in PRECISIONS:
+                raise UserError(f"option {key!r} must be one of {', '.join(PRECISIONS)}, got {value!r}", source)
+        elif key == "sigmas":
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                raise UserError(f"option 'sigmas' must be a list of numbers, got {value!r}", source)
+            try:
+                check_schedule(tuple(float(v) for v in value), "option 'sigmas'")
+            except ValueError as exc:
+                raise UserError(str(exc), source) from None
+            value = [float(v) for v in value]
+        elif key == "attention" and value not in ("auto", "sdpa", "native"):
+            raise UserError(f"option 'attention' must be auto, sdpa or native, got {value!r}", source)
+        out[key] = value
+    return out
+
