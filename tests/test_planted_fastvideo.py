@@ -74,8 +74,8 @@ CHECKPOINTS = {"made": ({}, 0), "other": (OTHER_ARCH, 11)}
 TIMESTAMP_FAMILIES = ("step.timestamp",)
 NATIVE_NOISE_FAMILIES = ("noise.native",)
 NATIVE_PROMPT_FAMILIES = ("prompt.native_embedding",)
-CACHE_PASS_FAMILIES = ("cache_pass.sigma",)
-"""The first stage of a cache pass: a pass that is missing is missing from there on."""
+CACHE_PASS_FAMILIES = ("cache_pass.sigma", "cache_pass.timestamp", "cache_pass.input", "cache_pass.output")
+"""A missing cache pass is missing in every one of its stages: the first the schema has is named."""
 KV_FAMILIES = ("kv.frames",)
 """After a cache pass, per layer: which frames the layer can attend to (then their keys and values)."""
 
