@@ -40,6 +40,8 @@ FP32_UPSTREAM = {"model_dtype": "float32", "noise_dtype": "float32", "sigma_dtyp
                  "vae_dtype": "float32", "encoder_dtype": "float32"}
 FP32_FASTVIDEO = {"precision": "fp32", "vae_precision": "fp32"}
 SEEDS = (42, 7, 1234)
+FRAMES = 4
+"""Enough for every bug below to act (the latest acts at frame 2), except those that set their own."""
 
 SCROLL_FRAME = 2
 """Frames 0-1: button 17, mouse (0.1, -0.05), no scroll; from frame 2: buttons 17 + 30, mouse
@@ -47,7 +49,7 @@ SCROLL_FRAME = 2
 CASE = f"""
     prompt = "A first-person gameplay video exploring a stylized world."
     seed = {{seed}}
-    frames = 4
+    frames = {{frames}}
     [controls]
     buttons = [17]
     mouse = [0.1, -0.05]
@@ -119,6 +121,8 @@ class Bug:
     """expected(transformer config) -> where the bug first acts."""
     needs: str
     """The harness feature (and lane) that must exist for the expected location to be reachable."""
+    frames: Callable[[dict], int] = lambda config: FRAMES
+    """How many frames the case needs for the bug to act, from the transformer config."""
     structure: tuple[str, ...] = ()
     """What the structural diff of the two live models must list as differing (its `what` words),
     before any stage: a number the module tree carries (eps, head size, window, dilation)."""
@@ -170,6 +174,32 @@ def _wrap_cache_pass(monkeypatch, fv, around):
             return original(self, *args, **kwargs)
 
     monkeypatch.setattr(stage, "_cache_pass", cache_pass)
+
+
+class _CallWith:
+    """Stands in for the transformer at a call site: `change(kwargs)` first, then the real module
+    (so the harness's hooks on it see what the port really passed)."""
+
+    def __init__(self, module, change):
+        self.module, self.change = module, change
+
+    def __call__(self, **kwargs):
+        return self.module(**self.change(kwargs))
+
+    def __getattr__(self, name):
+        return getattr(self.module, name)
+
+
+def _wrap_method(monkeypatch, cls, name, around):
+    """`cls.name`, run inside `around(self)` (a context manager)."""
+    original = getattr(cls, name)
+
+    @functools.wraps(original)
+    def method(self, *args, **kwargs):
+        with around(self):
+            return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, name, method)
 
 
 def _cache_with(monkeypatch, fv, **changes):
@@ -364,6 +394,72 @@ def plant_cross_attention_head_size(monkeypatch, fv):
     monkeypatch.setattr(fv.transformer.CrossAttention.__init__, "__defaults__", (32,))
 
 
+def plant_controls_one_frame_ahead(monkeypatch, fv):
+    # frame t is driven by frame t + 1's controls (an off-by-one control index; the last frame wraps)
+    _wrap_controls(monkeypatch, fv, lambda keyboard, mouse, scroll: tuple(c.roll(-1, dims=1) for c in (keyboard, mouse, scroll)))
+
+
+def plant_sigma_scaled_at_the_model(monkeypatch, fv):
+    # the model is given 1000 * sigma (a diffusers-style timestep) while the update uses sigma
+    import contextlib
+
+    @contextlib.contextmanager
+    def scaled(stage):
+        model = stage.transformer
+        stage.transformer = _CallWith(model, lambda kw: {**kw, "sigma": kw["sigma"] * 1000})
+        try:
+            yield
+        finally:
+            stage.transformer = model
+
+    _wrap_method(monkeypatch, fv.stages.WaypointDenoisingStage, "streaming_step", scaled)
+
+
+def plant_cache_pass_next_timestamp(monkeypatch, fv):
+    # the cache pass is given the next frame's timestamp (the counter advanced before the pass)
+    stage = fv.stages.WaypointDenoisingStage
+    original = stage._cache_pass
+
+    @functools.wraps(original)
+    def cache_pass(self, x, frame_timestamp, *args, **kwargs):
+        return original(self, x, frame_timestamp + 1, *args, **kwargs)
+
+    monkeypatch.setattr(stage, "_cache_pass", cache_pass)
+
+
+def plant_cache_pass_without_controls(monkeypatch, fv):
+    # the cache pass is given neutral controls instead of the frame's own
+    stage = fv.stages.WaypointDenoisingStage
+    original = stage._cache_pass
+
+    @functools.wraps(original)
+    def cache_pass(self, x, frame_timestamp, mouse, button, scroll):
+        return original(self, x, frame_timestamp, torch.zeros_like(mouse), torch.zeros_like(button), torch.zeros_like(scroll))
+
+    monkeypatch.setattr(stage, "_cache_pass", cache_pass)
+
+
+def plant_global_window_one_short(monkeypatch, fv):
+    # one dilated frame fewer in the global rings
+    cls = fv.transformer.WaypointKVCache
+    original = cls.__init__
+
+    @functools.wraps(original)
+    def init(self, config, *args, **kwargs):
+        config = copy.copy(config)
+        config.global_window = config.global_window - config.global_pinned_dilation
+        original(self, config, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "__init__", init)
+
+
+def _first_global_window_frame(config: dict) -> int:
+    """A dilated ring of B = window / d buckets keeps frames 0, d, 2d, ...; frame t (a multiple of d)
+    masks the bucket it will overwrite. With B - 1 buckets frame 0's bucket is first masked at
+    t = (B - 1) d = window - d, where upstream still sees it."""
+    return config["global_window"] - config["global_pinned_dilation"]
+
+
 def _first_local_window_frame(config: dict) -> int:
     """With a ring of W frames, frame t attends to t-W+1 .. t: a window one shorter first drops a
     frame at t = W - 1 (frame 0 falls out), in the first denoise call of that frame."""
@@ -406,6 +502,18 @@ BUGS = [
         lambda c: Where(_first_undilated_frame(c), None, KV_FAMILIES, layer=_first_global_layer(c)),
         "capture: KV-cache stage; structure: dilation",
         structure=("dilation",)),
+    Bug("controls_one_frame_ahead", plant_controls_one_frame_ahead,
+        lambda c: Where(SCROLL_FRAME - 1, None, ("controls.mouse",)), "main"),
+    # sigma is an input of every call: the first call's sigma differs; the update still uses the right one
+    Bug("sigma_scaled_at_the_model", plant_sigma_scaled_at_the_model, lambda c: Where(0, 0, ("step.sigma",)), "main"),
+    Bug("cache_pass_next_timestamp", plant_cache_pass_next_timestamp,
+        lambda c: Where(0, None, ("cache_pass.timestamp",)), "capture: cache-pass timestamp stage"),
+    # the cache pass's controls are not a stage of their own: the pass's output is where it first shows
+    Bug("cache_pass_without_controls", plant_cache_pass_without_controls,
+        lambda c: Where(0, None, ("cache_pass.controls", "cache_pass.mouse", "cache_pass.output")), "main"),
+    Bug("global_window_one_short", plant_global_window_one_short,
+        lambda c: Where(_first_global_window_frame(c), 0, ("step.velocity",)), "main; structure: cache window",
+        frames=lambda c: _first_global_window_frame(c) + 1, structure=("frames kept",)),
     Bug("vae_truncates", plant_vae_truncates, lambda c: Where(0, None, ("decoded",)), "oracle: decoded judged by dtype"),
     # the first model call, frame 0 step 0; the structural diff names the eps before any stage
     Bug("rms_norm_eps", plant_rms_norm_eps, lambda c: Where(0, 0, ("step.velocity",)), "main; structure: norm eps",
@@ -453,47 +561,48 @@ def checkpoint(request, fv, tmp_path_factory):
     return {"name": request.param, "config": config, **paths}
 
 
-def _case(tmp_path: Path, seed: int):
+def _case(tmp_path: Path, seed: int, frames: int):
     from parity.case import load_case
 
-    path = tmp_path / f"planted-{seed}.toml"
-    path.write_text(textwrap.dedent(CASE.format(seed=seed)))
+    path = tmp_path / f"planted-{seed}-{frames}.toml"
+    path.write_text(textwrap.dedent(CASE.format(seed=seed, frames=frames)))
     return load_case(path)
 
 
 @pytest.fixture(scope="module")
 def upstream(checkpoint, tmp_path_factory):
-    """upstream(seed) -> the fp32 upstream capture of the case, made once per checkpoint and seed."""
+    """upstream(seed, frames) -> the fp32 upstream capture of the case, made once per checkpoint, seed and length."""
     from parity.runner import RunRequest
     from reference.runner import ReferenceRunner
 
     root = tmp_path_factory.mktemp(f"upstream-{checkpoint['name']}")
-    made: dict[int, Path] = {}
+    made: dict[tuple[int, int], Path] = {}
 
-    def get(seed: int) -> Path:
-        if seed not in made:
+    def get(seed: int, frames: int) -> Path:
+        if (seed, frames) not in made:
             runner = ReferenceRunner(checkpoint["snapshot"], code_source="world_engine")
-            made[seed] = runner.run(RunRequest(_case(root, seed), "upstream", root / f"seed{seed}", "cpu", dict(FP32_UPSTREAM)))
-        return made[seed]
+            made[seed, frames] = runner.run(RunRequest(_case(root, seed, frames), "upstream", root / f"seed{seed}-{frames}",
+                                                       "cpu", dict(FP32_UPSTREAM)))
+        return made[seed, frames]
 
     return get
 
 
 @pytest.fixture
 def run_fastvideo(checkpoint, upstream, tmp_path):
-    """run_fastvideo(seed=42) -> the comparison of FastVideo (as patched now) with upstream, default tolerances."""
+    """run_fastvideo(seed=42, frames=FRAMES) -> the comparison of FastVideo (as patched now) with upstream, default tolerances."""
     from parity.capture import Capture
     from parity.compare import compare_captures
     from parity.errors import UserError
     from parity.fastvideo.runner import FastVideoRunner
     from parity.runner import RunRequest
 
-    def run(seed: int = 42):
-        a = upstream(seed)
+    def run(seed: int = 42, frames: int = FRAMES):
+        a = upstream(seed, frames)
         out = tmp_path / f"fastvideo-{seed}"
         runner = FastVideoRunner(bundle=checkpoint["bundle"], snapshot=checkpoint["snapshot"])
         try:
-            runner.run(RunRequest(_case(tmp_path, seed), "fastvideo", out, "cpu", dict(FP32_FASTVIDEO), prompt_from=a))
+            runner.run(RunRequest(_case(tmp_path, seed, frames), "fastvideo", out, "cpu", dict(FP32_FASTVIDEO), prompt_from=a))
         except UserError as exc:
             pytest.fail(f"the FastVideo run errored: {exc.one_line()}")
         return compare_captures(Capture.open(a), Capture.open(out))
@@ -528,7 +637,7 @@ def test_unpatched_port_passes_in_fp32(run_fastvideo, seed):
 @pytest.mark.parametrize("bug", BUGS, ids=[b.name for b in BUGS])
 def test_planted_bug_is_named_where_it_first_acts(bug, fv, checkpoint, run_fastvideo, monkeypatch):
     bug.plant(monkeypatch, fv)
-    result = run_fastvideo()
+    result = run_fastvideo(frames=bug.frames(checkpoint["config"]))
     expected = bug.expected(checkpoint["config"])
     first = result.first_divergence
     print(f"[{checkpoint['name']}] {bug.name}: expected {expected}; harness named {_named(result)}")
