@@ -460,6 +460,65 @@ def _first_global_window_frame(config: dict) -> int:
     return config["global_window"] - config["global_pinned_dilation"]
 
 
+def plant_prompt_truncated_to_256(monkeypatch, fv):
+    # the text stage pads and truncates to 256 tokens (another model's text length) instead of 512
+    import contextlib
+
+    @contextlib.contextmanager
+    def text_len_256(stage):
+        config = getattr(stage.text_encoder, "config", None)
+        if config is None:  # a harness that never runs the port's own text stage hands it a stand-in
+            yield
+            return
+        had, old = hasattr(config, "text_len"), getattr(config, "text_len", None)
+        config.text_len = 256
+        try:
+            yield
+        finally:
+            if had:
+                config.text_len = old
+            else:
+                del config.text_len
+
+    _wrap_method(monkeypatch, fv.stages.WaypointTextEncodingStage, "forward", text_len_256)
+
+
+def plant_cache_pass_on_last_step_input(monkeypatch, fv):
+    # the cache pass is fed the latent the last denoise call saw, not the updated one
+    import contextlib
+
+    seen = {}
+
+    @contextlib.contextmanager
+    def remember_inputs(stage):
+        model = stage.transformer
+
+        def keep(kwargs):
+            seen["x"] = kwargs["x"]
+            return kwargs
+
+        stage.transformer = _CallWith(model, keep)
+        try:
+            yield
+        finally:
+            stage.transformer = model
+
+    _wrap_method(monkeypatch, fv.stages.WaypointDenoisingStage, "streaming_step", remember_inputs)
+    stage = fv.stages.WaypointDenoisingStage
+    original = stage._cache_pass
+
+    @functools.wraps(original)
+    def cache_pass(self, x, *args, **kwargs):
+        return original(self, seen["x"], *args, **kwargs)
+
+    monkeypatch.setattr(stage, "_cache_pass", cache_pass)
+
+
+def plant_frame_loop_one_short(monkeypatch, fv):
+    # the frame loop stops one frame early (controls cut to T - 1 frames)
+    _wrap_controls(monkeypatch, fv, lambda keyboard, mouse, scroll: tuple(c[:, :-1] for c in (keyboard, mouse, scroll)))
+
+
 def _first_local_window_frame(config: dict) -> int:
     """With a ring of W frames, frame t attends to t-W+1 .. t: a window one shorter first drops a
     frame at t = W - 1 (frame 0 falls out), in the first denoise call of that frame."""
@@ -514,6 +573,13 @@ BUGS = [
     Bug("global_window_one_short", plant_global_window_one_short,
         lambda c: Where(_first_global_window_frame(c), 0, ("step.velocity",)), "main; structure: cache window",
         frames=lambda c: _first_global_window_frame(c) + 1, structure=("frames kept",)),
+    Bug("prompt_truncated_to_256", plant_prompt_truncated_to_256,
+        lambda c: Where(None, None, ("prompt.native_embedding", "prompt.native_pad_mask")), "capture: native prompt stage"),
+    Bug("cache_pass_on_last_step_input", plant_cache_pass_on_last_step_input,
+        lambda c: Where(0, None, ("cache_pass.input",)), "main"),
+    # frames 0..T-2 are right; the last frame is missing from its first stage on
+    Bug("frame_loop_one_short", plant_frame_loop_one_short,
+        lambda c: Where(FRAMES - 1, None, ("controls.mouse",), missing_in_b=True), "capture: a run that ends early keeps its frames"),
     Bug("vae_truncates", plant_vae_truncates, lambda c: Where(0, None, ("decoded",)), "oracle: decoded judged by dtype"),
     # the first model call, frame 0 step 0; the structural diff names the eps before any stage
     Bug("rms_norm_eps", plant_rms_norm_eps, lambda c: Where(0, 0, ("step.velocity",)), "main; structure: norm eps",
