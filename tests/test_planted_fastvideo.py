@@ -519,6 +519,30 @@ def plant_frame_loop_one_short(monkeypatch, fv):
     _wrap_controls(monkeypatch, fv, lambda keyboard, mouse, scroll: tuple(c[:, :-1] for c in (keyboard, mouse, scroll)))
 
 
+def plant_cache_values_written_as_keys(monkeypatch, fv):
+    # the ring is written with (k, k) instead of (k, v); the current frame's own slot stays right, so
+    # the cache pass's output is unchanged and only what it leaves in the cache is wrong
+    cls = fv.transformer.WaypointLayerKVCache
+    original = cls.upsert
+
+    @functools.wraps(original)
+    def upsert(self, k, v, frame_t, is_frozen):
+        key, value, mask = original(self, k, k, frame_t, is_frozen)
+        self.kv[1].index_copy_(2, self.current_idx, v)
+        return key, value, mask
+
+    monkeypatch.setattr(cls, "upsert", upsert)
+
+
+def plant_last_step_dropped(monkeypatch, fv):
+    # the denoise loop stops one pair early: three model calls, the frame ends at sigma 0.32
+    def zip_without_last(a, b, strict=False):
+        pairs = list(builtins.zip(a, b, strict=strict))
+        return iter(pairs[:-1])
+
+    monkeypatch.setattr(fv.stages, "zip", zip_without_last, raising=False)
+
+
 def _first_local_window_frame(config: dict) -> int:
     """With a ring of W frames, frame t attends to t-W+1 .. t: a window one shorter first drops a
     frame at t = W - 1 (frame 0 falls out), in the first denoise call of that frame."""
@@ -580,6 +604,10 @@ BUGS = [
     # frames 0..T-2 are right; the last frame is missing from its first stage on
     Bug("frame_loop_one_short", plant_frame_loop_one_short,
         lambda c: Where(FRAMES - 1, None, ("controls.mouse",), missing_in_b=True), "capture: a run that ends early keeps its frames"),
+    Bug("cache_values_written_as_keys", plant_cache_values_written_as_keys,
+        lambda c: Where(0, None, ("kv.values",), layer=0), "capture: KV-cache stage"),
+    # the first three steps are upstream's; the fourth model call never happens
+    Bug("last_step_dropped", plant_last_step_dropped, lambda c: Where(0, 3, ("step.sigma",), missing_in_b=True), "main"),
     Bug("vae_truncates", plant_vae_truncates, lambda c: Where(0, None, ("decoded",)), "oracle: decoded judged by dtype"),
     # the first model call, frame 0 step 0; the structural diff names the eps before any stage
     Bug("rms_norm_eps", plant_rms_norm_eps, lambda c: Where(0, 0, ("step.velocity",)), "main; structure: norm eps",
