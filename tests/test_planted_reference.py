@@ -3,7 +3,7 @@ B the same runner with one bug, planted through a protocol option or a run-time 
 snapshot's model, KV cache or VAE. The harness's first divergence must be the stage, frame and step
 where the bug first acts (derived from the bug and the per-frame protocol).
 
-Both sides run in fp32 on the built-in tiny checkpoint, 3 frames: what bf16 hides is the oracle's
+Both sides run in fp32 on the built-in tiny checkpoint, 2 frames (every bug here acts by frame 1): what bf16 hides is the oracle's
 business (tests of parity.oracle); here every bug is far above fp32 rounding.
 """
 
@@ -20,12 +20,12 @@ SCROLL_FRAME = 1
 CASE = f"""
     prompt = "A first-person gameplay video exploring a stylized world."
     seed = 42
-    frames = 3
+    frames = 2
     [controls]
     buttons = [17]
     mouse = [0.1, -0.05]
     [[controls.segments]]
-    frames = [{SCROLL_FRAME}, 3]
+    frames = [{SCROLL_FRAME}, 2]
     scroll = -2
     [alignment]
     noise = "{{noise}}"
@@ -54,9 +54,16 @@ def _run(snapshot, case, out, options):
 
 @pytest.fixture(scope="module")
 def upstream(tiny_checkpoint, cases, tmp_path_factory):
-    """The A capture per noise alignment, made once for the module."""
+    """upstream(noise) -> the A capture for that noise alignment, made once for the module."""
     root = tmp_path_factory.mktemp("planted-upstream")
-    return {noise: _run(tiny_checkpoint, case, root / noise, {}) for noise, case in cases.items()}
+    made = {}
+
+    def get(noise: str):
+        if noise not in made:
+            made[noise] = _run(tiny_checkpoint, cases[noise], root / noise, {})
+        return made[noise]
+
+    return get
 
 
 @pytest.fixture
@@ -67,7 +74,7 @@ def first_divergence(tiny_checkpoint, cases, upstream, tmp_path):
 
     def run(options=None, noise="shared", structure=()):
         b = _run(tiny_checkpoint, cases[noise], tmp_path / "b", dict(options or {}))
-        result = compare_captures(Capture.open(upstream[noise]), Capture.open(b))
+        result = compare_captures(Capture.open(upstream(noise)), Capture.open(b))
         assert result.first_divergence is not None, "the planted bug was missed"
         if structure:
             # the structural diff of the live models names it before any stage
