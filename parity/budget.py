@@ -80,14 +80,15 @@ def _itemsize(dtype: str) -> int:
 
 
 def estimate_capture(*, latent_shape, frames: int, steps: int, model_dtype: str, sigma_dtype: str, cache_pass: bool,
-                     prompt_shape, decoded_shape) -> Estimate:
+                     prompt_shape, decoded_shape, kv_bytes: int = 0) -> Estimate:
+    """`kv_bytes`: the KV stages of one frame at most (`parity.kv_view.kv_capture_bytes`)."""
     item = _itemsize(model_dtype)
     latent = math.prod(latent_shape) * item
-    latents = 1 + 3 * steps + 1 + (2 if cache_pass else 0)   # noise, steps, final latent, cache pass
-    tensors = 3 + latents + steps + 1                        # + controls, sigmas, decoded
-    per_frame = (N_CONTROL_VALUES * item + latents * latent + steps * _itemsize(sigma_dtype)
-                 + math.prod(decoded_shape) + tensors * PER_TENSOR_OVERHEAD)
-    prompt = math.prod(prompt_shape) * item + math.prod(prompt_shape[:2]) + 2 * PER_TENSOR_OVERHEAD
+    latents = 2 + 3 * steps + 1 + (2 if cache_pass else 0)   # native and used noise, steps, final latent, cache pass
+    tensors = 3 + latents + 2 * steps + 1 + (2 if cache_pass else 0)  # + controls, sigmas, timestamps, decoded
+    per_frame = (N_CONTROL_VALUES * item + latents * latent + steps * (_itemsize(sigma_dtype) + 8)
+                 + math.prod(decoded_shape) + tensors * PER_TENSOR_OVERHEAD + (kv_bytes if cache_pass else 0))
+    prompt = 2 * (math.prod(prompt_shape) * item + math.prod(prompt_shape[:2]) + 2 * PER_TENSOR_OVERHEAD)  # used + native
     manifest_base = 20_000  # header: options, case (per-frame controls), environment, weight hashes
     total = prompt + manifest_base + frames * per_frame
     return Estimate(int(total), frames, steps, int(per_frame))

@@ -1,37 +1,55 @@
-"""The capture format (schema version 1): everything one run computed, stage by stage.
+"""The capture format (schema version 2): everything one run computed, stage by stage.
 
 A run folder holds
 
     manifest.json              what ran, how, on what; one entry per tensor (shape, dtype, stats, sha256)
-    prompt.safetensors         prompt.embedding (1, L, D), prompt.pad_mask (1, L) bool, True = padding
+    prompt.safetensors         prompt.embedding (1, L, D), prompt.pad_mask (1, L) bool, True = padding:
+                               what the model was given (the shared prompt when one was injected);
+                               prompt.native_embedding, prompt.native_pad_mask: the side's own text
+                               stage on the case's prompt, run once even when a shared prompt is used
     frames/000000.safetensors  one file per generated frame, holding that frame's stages:
         controls.mouse (1,1,2)  controls.button (1,1,256)  controls.scroll (1,1,1)
-        noise (1,1,C,H,W)
-        step{i}.sigma ()  step{i}.input  step{i}.velocity  step{i}.update   (1,1,C,H,W), one set per step
+        noise.native (1,1,C,H,W)           the side's own draw for this frame, before any shared noise replaced it
+        noise (1,1,C,H,W)                  what the first step was given
+        step{i}.sigma ()  step{i}.timestamp (1,1) int64
+        step{i}.input  step{i}.velocity  step{i}.update   (1,1,C,H,W), one set per model call of the denoise loop
         latent (1,1,C,H,W)                 the final latent of the frame
-        cache_pass.input  cache_pass.output (1,1,C,H,W)   absent when the side has no cache pass
+        cache_pass.sigma ()  cache_pass.timestamp (1,1) int64
+        cache_pass.input  cache_pass.output (1,1,C,H,W)   absent when the side made no cache pass this frame
+        kv{j}.frames (n,) int64            after the cache pass, per layer j: the frames the layer can attend to
+        kv{j}.keys  kv{j}.values           their keys and values in frame order, (B, heads, n * tokens, head_dim)
+                                           (see `parity.kv_view`); with `kv:digest`, (B, heads, n, 3) statistics
         decoded (H', W', 3) uint8          what vae.decode returned
+    frames/000000.json         that frame's entries of the manifest's tensor table (a sidecar), and its
+                               notes (e.g. which known rule the side's native noise followed)
+    frames/000000.<part>.safetensors, .json    stages of frame 0 that the pipeline produced later than
+                               the rest (FastVideo's head decodes after generating every frame); same layout
 
     frames/000000.json         that frame's entries of the manifest's tensor table (a sidecar)
     structure.json             the live models' structure as the run built them (`parity.structure`):
                                modules, parameter/buffer shapes, dtypes and checksums, numerics
                                attributes, KV-cache windows; optional (older captures lack it)
 
-Tensors keep the dtype the pipeline produced (bf16 stays bf16). Each frame's file, then its
-sidecar, is written through a temporary name and an atomic rename; manifest.json is written at the
-start and at the end (with every tensor), never once per frame, so writing stays O(1) per frame on
-long runs. A killed run leaves a readable capture of every finished frame: `Capture.open` merges
-the sidecars, and `manifest["complete"]` is false until the run ends.
+Steps and cache passes are what the side's pipeline did, in order, not what the protocol says it
+should have done: a side that skipped its cache pass has no cache_pass stages at that frame, a side
+with an extra denoise call has one more step. Tensors keep the dtype the pipeline produced (bf16
+stays bf16). Each frame's file, then its sidecar, is written through a temporary name and an atomic
+rename; manifest.json is written at the start and at the end (with every tensor), never once per
+frame, so writing stays O(1) per frame on long runs. A killed run leaves a readable capture of
+every finished frame: `Capture.open` merges the sidecars, and `manifest["complete"]` is false until
+the run ends. Version 1 captures (without the native, timestamp and KV stages) still open; another
+version is a one-line error.
 
 What is captured (`CapturePolicy`, recorded in the manifest, never silent): `full` (default),
 `every:K` (the per-step tensors, the largest family, on every K-th frame only; final latents,
-cache passes and decoded frames on every frame), or `none` (a bare run for benchmarks: manifest only).
-On CUDA the copies to the host are non-blocking into pinned memory and a background thread hashes
-and writes them, so capture does not stall the GPU.
+cache passes and decoded frames on every frame), or `none` (a bare run for benchmarks: manifest only);
+a suffix `,kv:digest` stores KV statistics instead of full keys and values (real-size runs), `,kv:off`
+no KV stages. On CUDA the copies to the host are non-blocking into pinned memory and a background
+thread hashes and writes them, so capture does not stall the GPU.
 
-Stages are addressed by `StageKey(frame, step, family)`; its `id` (`prompt.embedding`,
-`f3/step2.velocity`) is the manifest key, and `StageKey.order` is execution order, which the
-comparison uses to name the first divergence.
+Stages are addressed by `StageKey(frame, step, family, layer)`; its `id` (`prompt.embedding`,
+`f3/step2.velocity`, `f3/kv1.keys`) is the manifest key, and `StageKey.order` is execution order,
+which the comparison uses to name the first divergence.
 """
 
 from __future__ import annotations
@@ -48,7 +66,9 @@ from parity.errors import UserError
 from parity.tolerances import FAMILIES
 
 SCHEMA = "waypoint-parity/capture"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+"""Version 1 lacks the native, timestamp and KV stages; it opens, and those stages count as missing."""
 MANIFEST = "manifest.json"
 PROMPT_FILE = "prompt.safetensors"
 FRAMES_DIR = "frames"
@@ -56,34 +76,50 @@ FRAMES_DIR = "frames"
 LAYOUTS: dict[str, tuple[str, ...]] = {
     "prompt.embedding": ("batch", "token", "channel"),
     "prompt.pad_mask": ("batch", "token"),
+    "prompt.native_embedding": ("batch", "token", "channel"),
+    "prompt.native_pad_mask": ("batch", "token"),
     "controls.mouse": ("batch", "frame", "axis"),
     "controls.button": ("batch", "frame", "key"),
     "controls.scroll": ("batch", "frame", "sign"),
     "step.sigma": (),
+    "step.timestamp": ("batch", "frame"),
+    "cache_pass.sigma": (),
+    "cache_pass.timestamp": ("batch", "frame"),
+    "kv.frames": ("slot",),
+    "kv.keys": ("batch", "head", "token", "dim"),
+    "kv.values": ("batch", "head", "token", "dim"),
     "decoded": ("y", "x", "rgb"),
 }
 """Axis names per family, for locating the worst element; latent-shaped families are below."""
-for _family in ("noise", "step.input", "step.velocity", "step.update", "latent", "cache_pass.input", "cache_pass.output"):
+for _family in ("noise.native", "noise", "step.input", "step.velocity", "step.update", "latent", "cache_pass.input", "cache_pass.output"):
     LAYOUTS[_family] = ("batch", "frame", "channel", "y", "x")
 
-_STEP_RE = re.compile(r"^step(\d+)\.(sigma|input|velocity|update)$")
+V2_FAMILIES = ("prompt.native_embedding", "prompt.native_pad_mask", "noise.native", "step.timestamp", "cache_pass.sigma",
+               "cache_pass.timestamp", "kv.frames", "kv.keys", "kv.values")
+"""Families added in schema version 2."""
+
+_STEP_RE = re.compile(r"^step(\d+)\.(sigma|timestamp|input|velocity|update)$")
+_LAYER_RE = re.compile(r"^kv(\d+)\.(frames|keys|values)$")
 _FRAME_POSITION = {f: i for i, f in enumerate(FAMILIES)}
 
 
 @dataclass(frozen=True)
 class StageKey:
     """One captured tensor: `frame` is None for run-level stages (the prompt), `step` is set for
-    denoise steps only."""
+    denoise steps only, `layer` for the per-layer KV stages only."""
 
     frame: int | None
     step: int | None
     family: str
+    layer: int | None = None
 
     @property
     def tensor_name(self) -> str:
-        """Name inside the safetensors file: `step2.velocity`, `noise`, `prompt.embedding`."""
+        """Name inside the safetensors file: `step2.velocity`, `kv1.keys`, `noise`, `prompt.embedding`."""
         if self.step is not None:
             return f"step{self.step}.{self.family.split('.', 1)[1]}"
+        if self.layer is not None:
+            return f"kv{self.layer}.{self.family.split('.', 1)[1]}"
         return self.family
 
     @property
@@ -91,19 +127,26 @@ class StageKey:
         return self.tensor_name if self.frame is None else f"f{self.frame}/{self.tensor_name}"
 
     @property
-    def order(self) -> tuple[int, int, int]:
-        """Execution order: prompt, then per frame controls, noise, steps, latent, cache pass, decode."""
+    def order(self) -> tuple[int, int, int, int]:
+        """Execution order: prompt, then per frame controls, noise, steps, latent, cache pass, the KV
+        cache layer by layer, decode."""
         pos = _FRAME_POSITION[self.family]
-        if self.step is None:
-            return (-1 if self.frame is None else self.frame, pos if pos < _FRAME_POSITION["step.sigma"] else 10_000 + pos, 0)
-        return (self.frame, 1_000 + self.step, pos)
+        frame = -1 if self.frame is None else self.frame
+        if self.step is not None:
+            return (frame, 1_000 + self.step, 0, pos)
+        if self.layer is not None:
+            return (frame, 10_000 + _FRAME_POSITION["kv.frames"], self.layer, pos)
+        return (frame, pos if pos < _FRAME_POSITION["step.sigma"] else 10_000 + pos, 0, 0)
 
     @classmethod
     def from_tensor_name(cls, frame: int | None, name: str) -> "StageKey":
         m = _STEP_RE.match(name)
         if m:
             return cls(frame, int(m.group(1)), f"step.{m.group(2)}")
-        if name not in FAMILIES or name.startswith("step."):
+        m = _LAYER_RE.match(name)
+        if m:
+            return cls(frame, None, f"kv.{m.group(2)}", int(m.group(1)))
+        if name not in FAMILIES or name.startswith(("step.", "kv.")):
             raise ValueError(f"unknown stage {name!r}")
         return cls(frame, None, name)
 
@@ -115,10 +158,12 @@ class StageKey:
         return cls.from_tensor_name(None, stage_id)
 
     def where(self) -> str:
-        """Human form: `frame 3, step 2, step.velocity`."""
+        """Human form: `frame 3, step 2, step.velocity`, `frame 3, layer 1, kv.keys`."""
         parts = [] if self.frame is None else [f"frame {self.frame}"]
         if self.step is not None:
             parts.append(f"step {self.step}")
+        if self.layer is not None:
+            parts.append(f"layer {self.layer}")
         return ", ".join(parts + [self.family])
 
 
@@ -146,8 +191,9 @@ class Protocol:
     latent_scale: float
     latent_shift: float
     strict_load: bool
-    native_noise_rule: str | None = None
-    """This side's own noise rule in words, also when shared noise replaced it in this run."""
+    native_noise_rule: str = ""
+    """Which known rule (`parity.alignment.NATIVE_NOISE_RULES`) the side's own noise draw followed,
+    observed frame by frame, whether or not shared noise replaced it."""
 
     def describe(self) -> dict[str, Any]:
         return asdict(self)
@@ -211,33 +257,47 @@ SAMPLED_FAMILIES = ("step.input", "step.velocity", "step.update")
 """The per-step latents: 3 x steps tensors a frame, the bulk of a capture; `every:K` thins them."""
 
 
+KV_MODES = ("full", "digest", "off")
+
+
 @dataclass(frozen=True)
 class CapturePolicy:
     mode: str = "full"
     every: int = 1
+    kv: str = "full"
+    """KV stages: `full` keys and values, `digest` (per frame and head statistics, for real-size runs), `off`."""
 
     @classmethod
     def parse(cls, text: str) -> "CapturePolicy":
-        if text in ("full", "none"):
-            return cls(text)
-        if text.startswith("every:") and text[6:].isdigit() and int(text[6:]) >= 1:
-            return cls("every", int(text[6:]))
-        raise UserError(f"capture policy must be full, none or every:K (K >= 1), got {text!r}")
+        head, _, tail = text.partition(",")
+        kv = "full"
+        if tail:
+            if not tail.startswith("kv:") or tail[3:] not in KV_MODES:
+                raise UserError(f"capture policy suffix must be kv:full, kv:digest or kv:off, got {tail!r}")
+            kv = tail[3:]
+        if head in ("full", "none"):
+            return cls(head, kv=kv)
+        if head.startswith("every:") and head[6:].isdigit() and int(head[6:]) >= 1:
+            return cls("every", int(head[6:]), kv)
+        raise UserError(f"capture policy must be full, none or every:K (K >= 1), optionally with ,kv:digest or ,kv:off; got {text!r}")
 
     def keeps(self, frame: int | None, family: str) -> bool:
         if self.mode == "none":
+            return False
+        if self.kv == "off" and family.startswith("kv."):
             return False
         if self.mode == "every" and family in SAMPLED_FAMILIES and frame is not None:
             return frame % self.every == 0
         return True
 
     def describe(self) -> dict[str, Any]:
-        return {"mode": self.mode, "every": self.every, "sampled_families": list(SAMPLED_FAMILIES) if self.mode == "every" else []}
+        return {"mode": self.mode, "every": self.every, "sampled_families": list(SAMPLED_FAMILIES) if self.mode == "every" else [],
+                "kv": self.kv}
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> "CapturePolicy":
         d = manifest.get("capture") or {}
-        return cls(d.get("mode", "full"), int(d.get("every", 1)))
+        return cls(d.get("mode", "full"), int(d.get("every", 1)), d.get("kv", "full"))
 
 
 class CaptureWriter:
@@ -284,33 +344,49 @@ class CaptureWriter:
         if self._background is not None:
             self._background.flush()
 
-    def record_prompt(self, embedding, pad_mask) -> None:
+    def record_prompt(self, embedding, pad_mask, native: tuple | None = None) -> None:
+        """The prompt the model was given; `native` = (embedding, pad_mask) of the side's own text
+        stage on the case's prompt, when it ran."""
         tensors = {"prompt.embedding": _to_cpu(embedding), "prompt.pad_mask": _to_cpu(pad_mask)}
+        if native is not None:
+            tensors.update({"prompt.native_embedding": _to_cpu(native[0]), "prompt.native_pad_mask": _to_cpu(native[1])})
         _save_tensors(tensors, self.run_dir / PROMPT_FILE)
         for name, t in tensors.items():
             self.manifest["tensors"][name] = asdict(tensor_info(t, PROMPT_FILE))
         self._write_manifest()
 
-    def frame(self, index: int) -> "FrameRecorder":
-        return FrameRecorder(self, index)
+    def frame(self, index: int, part: str | None = None) -> "FrameRecorder":
+        """Frame `index`'s stages; `part` names a later addition to an already written frame (its own
+        file `frames/<index>.<part>.safetensors`), for pipelines that finish a frame's stages later."""
+        if part is not None and not part.isidentifier():
+            raise ValueError(f"frame part must be a plain name, got {part!r}")
+        return FrameRecorder(self, index, part)
 
-    def _commit_frame(self, index: int, tensors: dict, ready=None) -> None:
+    def _commit_frame(self, index: int, tensors: dict, ready=None, part: str | None = None, notes: dict | None = None) -> None:
         for name in tensors:
             StageKey.from_tensor_name(index, name)  # rejects a misspelt stage before it is written
         if self._background is not None:
-            self._background.put(index, tensors, ready)
+            self._background.put(index, tensors, ready, part, notes)
         else:
-            self._write_frame(index, tensors)
+            self._write_frame(index, tensors, part, notes)
 
-    def _write_frame(self, index: int, tensors: dict) -> None:
-        rel = f"{FRAMES_DIR}/{index:06d}.safetensors"
+    def _write_frame(self, index: int, tensors: dict, part: str | None = None, notes: dict | None = None) -> None:
+        stem = f"{index:06d}" if part is None else f"{index:06d}.{part}"
+        rel = f"{FRAMES_DIR}/{stem}.safetensors"
         if tensors:
             _save_tensors(tensors, self.run_dir / rel)
         infos = {StageKey.from_tensor_name(index, name).id: asdict(tensor_info(t, rel)) for name, t in tensors.items()}
-        sidecar = json.dumps({"frame": index, "tensors": infos}, default=_json_default)
-        _atomic_write_bytes(self.run_dir / FRAMES_DIR / f"{index:06d}.json", sidecar.encode())
+        record = {"frame": index, "tensors": infos}
+        if part is not None:
+            record["part"] = part
+        if notes:
+            record["notes"] = notes
+        _atomic_write_bytes(self.run_dir / FRAMES_DIR / f"{stem}.json", json.dumps(record, default=_json_default).encode())
         self.manifest["tensors"].update(infos)
-        self.manifest["frames_written"] = index + 1
+        if notes:
+            self.manifest.setdefault("frame_notes", {}).setdefault(str(index), {}).update(notes)
+        if part is None:
+            self.manifest["frames_written"] = max(int(self.manifest.get("frames_written", 0)), index + 1)
 
     def close(self, complete: bool = True, **extra: Any) -> Path:
         if self._background is not None:
@@ -326,9 +402,14 @@ class CaptureWriter:
 
 
 class FrameRecorder:
-    def __init__(self, writer: CaptureWriter, index: int):
-        self.writer, self.index, self.tensors = writer, index, {}
+    def __init__(self, writer: CaptureWriter, index: int, part: str | None = None):
+        self.writer, self.index, self.part, self.tensors = writer, index, part, {}
+        self.notes: dict[str, Any] = {}
         self._cuda = False
+
+    def note(self, key: str, value: Any) -> None:
+        """A JSON fact about this frame kept beside its tensors (`Capture.frame_note`)."""
+        self.notes[key] = value
 
     def __setitem__(self, name: str, tensor) -> None:
         if not self.writer.policy.keeps(self.index, StageKey.from_tensor_name(self.index, name).family):
@@ -353,7 +434,7 @@ class FrameRecorder:
 
                 ready = torch.cuda.Event()
                 ready.record()
-            self.writer._commit_frame(self.index, self.tensors, ready)
+            self.writer._commit_frame(self.index, self.tensors, ready, self.part, self.notes)
 
 
 class _BackgroundWriter:
@@ -379,11 +460,11 @@ class _BackgroundWriter:
             try:
                 if item is None:
                     return
-                index, tensors, ready = item
+                index, tensors, ready, part, notes = item
                 if ready is not None:
                     ready.synchronize()
                 if self.error is None:
-                    self.writer._write_frame(index, tensors)
+                    self.writer._write_frame(index, tensors, part, notes)
             except BaseException as exc:  # handed to the runner's thread
                 self.error = exc
             finally:
@@ -394,9 +475,9 @@ class _BackgroundWriter:
             error, self.error = self.error, None
             raise error
 
-    def put(self, index: int, tensors: dict, ready) -> None:
+    def put(self, index: int, tensors: dict, ready, part=None, notes=None) -> None:
         self._raise()
-        self.queue.put((index, tensors, ready))
+        self.queue.put((index, tensors, ready, part, notes))
 
     def flush(self) -> None:
         self.queue.join()
@@ -454,8 +535,9 @@ class Capture:
         if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
             raise UserError(f"not a waypoint-parity capture manifest (schema {manifest.get('schema') if isinstance(manifest, dict) else None!r})", path)
         version = manifest.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise UserError(f"capture schema version {version!r} is not supported (this harness reads version {SCHEMA_VERSION}); re-run the capture", path)
+        if version not in READABLE_VERSIONS:
+            raise UserError(f"capture schema version {version!r} is not supported (this harness reads versions "
+                            f"{', '.join(map(str, READABLE_VERSIONS))}); re-run the capture", path)
         tensors = manifest.get("tensors")
         if not isinstance(tensors, dict):
             raise UserError("manifest has no 'tensors' table", path)
@@ -481,8 +563,16 @@ class Capture:
         return CapturePolicy.from_manifest(self.manifest)
 
     def sampled_out(self, key: StageKey) -> bool:
-        """True when this capture's policy left `key` out on purpose (not a divergence)."""
-        return not self.policy.keeps(key.frame, key.family)
+        """True when this capture left `key` out on purpose (not a divergence): its policy, a schema
+        version without that family, a native prompt that could not run (no encoder), a KV cache
+        whose layout the harness cannot read."""
+        if not self.policy.keeps(key.frame, key.family):
+            return True
+        if int(self.manifest.get("schema_version", SCHEMA_VERSION)) < 2 and key.family in V2_FAMILIES:
+            return True
+        if key.family.startswith("prompt.native_") and manifest_value(self.manifest, "native_prompt.ran") is False:
+            return True
+        return key.family.startswith("kv.") and "kv_layout" in self.manifest and self.manifest["kv_layout"] is None
 
     @property
     def complete(self) -> bool:
@@ -541,23 +631,34 @@ class Capture:
     def frames(self) -> Iterator[int]:
         return iter(range(int(self.manifest.get("frames_written", 0))))
 
+    def frame_note(self, frame: int, key: str) -> Any:
+        """A note the runner kept beside frame `frame` (None when absent)."""
+        return ((self.manifest.get("frame_notes") or {}).get(str(frame)) or {}).get(key)
+
 
 def _merge_sidecars(run_dir: Path, manifest: dict) -> None:
     """An unfinished run's manifest was last written before its frames: add each frame's sidecar,
-    in order, up to the first frame that is missing."""
+    in order, up to the first frame that is missing, then the later parts of those frames."""
     written = int(manifest.get("frames_written", 0))
     frame = written
-    while True:
-        sidecar = run_dir / FRAMES_DIR / f"{frame:06d}.json"
-        if not sidecar.is_file():
-            break
-        try:
-            data = json.loads(sidecar.read_text())
-            infos = data["tensors"]
-            if not isinstance(infos, dict) or data.get("frame") != frame:
-                raise ValueError("frame number or tensor table is wrong")
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-            raise UserError(f"frame sidecar is damaged ({exc})", sidecar) from None
-        manifest["tensors"].update(infos)
+    while (run_dir / FRAMES_DIR / f"{frame:06d}.json").is_file():
+        _merge_one(run_dir / FRAMES_DIR / f"{frame:06d}.json", frame, manifest)
         frame += 1
     manifest["frames_written"] = max(written, frame)
+    for sidecar in sorted((run_dir / FRAMES_DIR).glob("*.*.json")):
+        index = sidecar.name.split(".", 1)[0]
+        if index.isdigit() and int(index) < manifest["frames_written"]:
+            _merge_one(sidecar, int(index), manifest)
+
+
+def _merge_one(sidecar: Path, frame: int, manifest: dict) -> None:
+    try:
+        data = json.loads(sidecar.read_text())
+        infos = data["tensors"]
+        if not isinstance(infos, dict) or data.get("frame") != frame:
+            raise ValueError("frame number or tensor table is wrong")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise UserError(f"frame sidecar is damaged ({exc})", sidecar) from None
+    manifest["tensors"].update(infos)
+    if isinstance(data.get("notes"), dict):
+        manifest.setdefault("frame_notes", {}).setdefault(str(frame), {}).update(data["notes"])

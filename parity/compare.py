@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from parity import native_noise
 from parity.capture import LAYOUTS, Capture, StageKey, manifest_value
 from parity.config_words import USED, field_value, row_kind, words
 from parity.metrics import Metrics, compare_arrays, compare_frames
@@ -117,6 +118,9 @@ class StageResult:
     family) or `floors` (a calibrated floor); see `parity.tolerances`."""
     oracle: OracleVerdict | None = None
     """A's and B's distance from the fp32 oracle, when the stage was judged against it."""
+    detail: str | None = None
+    """What the numbers alone do not say: the values of a small stage (`0 vs 0.001`, visible frames
+    `[0, 1] vs [0]`), or why a native-noise stage passed or failed (`parity.native_noise`)."""
 
     @property
     def passed(self) -> bool:
@@ -134,9 +138,13 @@ class StageResult:
     def explain(self) -> str:
         """One line: what failed, by how much, against which tolerance."""
         if self.status in (MISSING_A, MISSING_B):
-            return f"{self.key.where()}: present on one side only ({self.status})"
+            return _missing_line(self.key, self.status)
+        if self.key.family == "kv.frames" and self.detail and self.status != PASS:
+            return f"{self.key.where()}: visible frames {self.detail}"
         if self.status == SHAPE:
-            return f"{self.key.where()}: shape {self.shape_a} vs {self.shape_b}"
+            return f"{self.key.where()}: shape {self.shape_a} vs {self.shape_b}" + (f" ({self.detail})" if self.detail else "")
+        if self.detail and (self.metrics is None or self.key.family in SMALL_FAMILIES):
+            return f"{self.key.where()}: {self.detail}"
         m, t = self.metrics, self.tolerance
         if self.oracle is not None:
             text = f"{self.key.where()}: {self.oracle.explain()}; B vs A rel_l2 {m.rel_l2:.3g}, max_abs {m.max_abs:.3g}"
@@ -175,6 +183,7 @@ class StageResult:
             "floor": {"rel_l2": self.floor.rel_l2, "max_abs": self.floor.max_abs} if self.floor else None,
             "times_floor": (self.metrics.rel_l2 / self.floor.rel_l2) if self.floor and self.floor.rel_l2 > 0 and self.metrics else None,
             "worst_location": self.worst_location(),
+            "detail": self.detail,
         }
 
 
@@ -226,7 +235,9 @@ class ComparisonResult:
 
     @property
     def first_divergent_frame(self) -> int | None:
-        s = self.first_value_divergence
+        """The frame of the earliest per-frame stage whose values exceed the tolerance (run-level
+        stages such as the native prompt encoding have no frame)."""
+        s = next((s for s in self.stages if s.status == FAIL and s.key.frame is not None), None)
         return None if s is None else s.key.frame
 
     def families(self) -> list[FamilySummary]:
@@ -282,6 +293,32 @@ def compare_captures(a: Capture, b: Capture, tolerances: Tolerances | None = Non
     return ComparisonResult(a, b, config, stages, tolerances, oracle, structure=diff_captures(a, b))
 
 
+SMALL_FAMILIES = ("step.sigma", "step.timestamp", "cache_pass.sigma", "cache_pass.timestamp", "kv.frames")
+"""Stages of a few values, shown as values (`frame 0, cache_pass.sigma: 0 vs 0.001`)."""
+
+
+def _missing_line(key: StageKey, status: str) -> str:
+    """`frame 0: cache pass missing in B`, `frame 0: step 4 missing in A`: what one side did not do."""
+    side = status.removeprefix("missing in ")
+    other = "B" if side == "A" else "A"
+    if key.frame is None:
+        return f"{key.family} missing in {side}"
+    if key.family.startswith("cache_pass."):
+        return f"frame {key.frame}: cache pass missing in {side} ({key.id})"
+    if key.step is not None:
+        return f"frame {key.frame}: step {key.step} missing in {side} ({key.id}; an extra model call in {other})"
+    if key.family == "controls.mouse":
+        return f"frame {key.frame} missing in {side} ({key.id})"
+    return f"{key.where()}: missing in {side} ({key.id})"
+
+
+def _small_values(t, as_list: bool = False) -> str:
+    values = t.detach().reshape(-1).tolist()
+    text = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in values)
+    return f"[{text}]" if as_list or len(values) != 1 else text
+
+
+
 @dataclass
 class _Context:
     a: Capture
@@ -304,6 +341,16 @@ def _compare_stage(key: StageKey, ctx: _Context, in_a: bool, in_b: bool, ta=None
         return StageResult(key, MISSING_B, dtype_a=info["dtype"], shape_a=info["shape"])
     ia, ib = a.info(key), b.info(key)
     result = StageResult(key, PASS, ia["dtype"], ib["dtype"], ia["shape"], ib["shape"])
+    if key.family == "noise.native":
+        judged = native_noise.judge(key.frame, a, b)
+        if judged is not None:
+            result.status, result.detail = (PASS if judged[0] == "pass" else FAIL), judged[1]
+            return result
+    if key.family in SMALL_FAMILIES:
+        ta = a.tensors([key])[key] if ta is None else ta  # tensors(): safe from the frame threads
+        tb = b.tensors([key])[key] if tb is None else tb
+        as_list = key.family == "kv.frames"
+        result.detail = f"{_small_values(ta, as_list)} vs {_small_values(tb, as_list)}"
     if ia["shape"] != ib["shape"]:
         result.status = SHAPE
         return result

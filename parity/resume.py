@@ -110,15 +110,18 @@ class ResumeWriter(CaptureWriter):
                             "resume with the same inputs or start a new capture", self.run_dir)
         super().set(key, value)
 
-    def record_prompt(self, embedding, pad_mask) -> None:
-        for name, t in (("prompt.embedding", embedding), ("prompt.pad_mask", pad_mask)):
+    def record_prompt(self, embedding, pad_mask, native: tuple | None = None) -> None:
+        tensors = [("prompt.embedding", embedding), ("prompt.pad_mask", pad_mask)]
+        if native is not None:
+            tensors += [("prompt.native_embedding", native[0]), ("prompt.native_pad_mask", native[1])]
+        for name, t in tensors:
             self._expect(StageKey(None, None, name), _to_cpu(t), "the prompt")
 
-    def frame(self, index: int) -> FrameRecorder:
+    def frame(self, index: int, part: str | None = None) -> FrameRecorder:
         if index < self.done:
-            return _ReplayRecorder(self, index)
+            return _ReplayRecorder(self, index, part)
         self._replayed()
-        return FrameRecorder(self, index)
+        return FrameRecorder(self, index, part)
 
     def _expect(self, key: StageKey, t, what: str) -> None:
         info = self.manifest["tensors"].get(key.id)

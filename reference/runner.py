@@ -3,12 +3,15 @@
 Per frame f (upstream profile; each step names the option that changes it):
 1. noise x (1, 1, C, H, W) in `noise_dtype`: shared, or drawn by `noise_rule`
 2. cache frozen; for each consecutive (s, s_next) of the schedule (`sigmas`, held in `sigma_dtype`):
-   v = model(x, sigma=s, ...); x = x + (s_next - s) * v, all in the model dtype
+   v = model(x, sigma=s, frame_timestamp=f, ...); x = x + (s_next - s) * v, all in the model dtype
 3. cache pass (`cache_pass`, needs `cache_mode = ring`): cache unfrozen, one forward on the clean
    latent at sigma = 0 with the same controls and timestamp; output discarded, K/V written
 4. decode: vae.decode(x.squeeze(1) cast by `decode_input_dtype`, / `latent_scale` + `latent_shift`)
    -> uint8 (H', W', 3)
-Every tensor of every step goes to the capture.
+Every tensor of every step goes to the capture, with the timestamp of every model call and, after
+each cache pass, the KV cache in its logical view (`parity.kv_view`). The side's own noise draw is
+made and recorded (`noise.native`, with the rule it follows) even when shared noise replaces it, and
+its own prompt encoding even when a shared prompt is injected (`prompt.native_*`).
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from parity import alignment, structure
+from parity import alignment, native_noise, structure
 from parity.capture import CapturePolicy, Protocol
+from parity.kv_view import KVTracker, describe_cache
 from parity.environment import describe_environment, pin_numerics
 from parity.errors import UserError
 from parity.runner import RunRequest
@@ -143,12 +147,19 @@ class ReferenceRunner:
         sigmas = self._schedule(options, loaded).to(device)  # upstream models expect sigma on their device
         shape = loaded.latent_shape or (1, 1, loaded.config["channels"], loaded.config["height"], loaded.config["width"])
 
+        native_prompt, native_why = None, None
+        try:
+            native_prompt = encode_prompt(case.prompt, options, loaded.encoder_dir, loaded.tokenizer_dir, device)
+        except UserError as exc:
+            if request.prompt_from is None:
+                raise
+            native_why = exc.one_line()  # the shared prompt still runs; the native stages are left out, said so
         if request.prompt_from is not None:
             emb, pad_mask = alignment.load_shared_prompt(request.prompt_from)
             emb, pad_mask = emb.to(device=device, dtype=model_dtype), pad_mask.to(device)
             prompt_source = f"injected from {request.prompt_from}"
         else:
-            emb, pad_mask = encode_prompt(case.prompt, options, loaded.encoder_dir, loaded.tokenizer_dir, device)
+            emb, pad_mask = native_prompt
             prompt_source = "encoded"
 
         # Everything that can fail on a bad input has run by now: only then is the folder created.
@@ -157,7 +168,8 @@ class ReferenceRunner:
         estimate = budget.estimate_capture(
             latent_shape=shape, frames=case.frames, steps=len(sigmas) - 1, model_dtype=options.model_dtype,
             sigma_dtype=options.sigma_dtype, cache_pass=options.cache_pass and options.cache_mode != "none",
-            prompt_shape=tuple(emb.shape), decoded_shape=budget.decoded_shape(loaded.path, shape))
+            prompt_shape=tuple(emb.shape), decoded_shape=budget.decoded_shape(loaded.path, shape),
+            kv_bytes=_kv_bytes(loaded.config, options.model_dtype, CapturePolicy.parse(request.capture).kv, shape))
         print(budget.check_budget(estimate, request.out_dir, budget.budget_limits(request.max_capture_bytes, case.max_capture_bytes)))
         writer = resume.open_writer(request.out_dir, resume=request.resume, header={
             "side": request.side,
@@ -170,9 +182,10 @@ class ReferenceRunner:
             "model": self._model_block(loaded, options),
             **({"purpose": request.purpose} if request.purpose else {}),
             "setup": setup_summary(self.code_source, options),
+            "native_prompt": {"ran": native_prompt is not None, "why_not": native_why},
         }, policy=CapturePolicy.parse(request.capture), background=device.startswith("cuda"))
         started = time.perf_counter()
-        writer.record_prompt(emb, pad_mask)
+        writer.record_prompt(emb, pad_mask, native=native_prompt)
 
         protocol = Protocol(
             sigmas=[float(s) for s in sigmas.float().cpu()], sigma_dtype=options.sigma_dtype, steps=len(sigmas) - 1,
@@ -183,15 +196,21 @@ class ReferenceRunner:
             cache_pass=options.cache_pass and options.cache_mode != "none", vae_dtype=options.vae_dtype,
             decode_input_dtype=options.model_dtype if options.decode_input_dtype == "model" else options.decode_input_dtype,
             latent_scale=options.latent_scale, latent_shift=options.latent_shift, strict_load=options.strict_load,
-            native_noise_rule=_native_noise_rule(options),
+            native_noise_rule=f"{options.noise_rule}: {native_noise.RULES[options.noise_rule]}",
         )
         writer.set("protocol", protocol.describe())
         writer.set("alignment", {"noise": case.alignment.noise, "prompt": case.alignment.prompt, "prompt_source": prompt_source})
 
         cache = loaded.cache_class(loaded.config, 1, model_dtype) if options.cache_mode == "ring" else loaded.no_cache
         structure.write(request.out_dir, structure.describe({"transformer": loaded.model, "vae": loaded.vae}, cache=cache))
-        if case.alignment.noise == "native" and options.noise_rule == "global":
-            torch.manual_seed(case.seed)
+        ring = cache if options.cache_mode == "ring" else None
+        writer.set("kv_layout", describe_cache(ring))
+        kv = None
+        if ring is not None and writer.policy.kv != "off":
+            kv = KVTracker(ring, _tokens_per_frame(loaded.config, shape), digest=writer.policy.kv == "digest")
+        if options.noise_rule == "global":
+            torch.manual_seed(case.seed)  # the native draw is made (and recorded) under shared noise too
+        witness = native_noise.NoiseWitness(case.seed)
         teacher = None
         if request.teacher is not None:
             from parity.diagnose.teacher import TeacherInputs
@@ -207,7 +226,8 @@ class ReferenceRunner:
             with torch.no_grad(), _sdpa_backend(options.sdpa_backend):
                 for f in range(case.frames):
                     frame_started = time.perf_counter()
-                    self._frame(f, request, options, loaded, cache, emb, pad_mask, sigmas, shape, noise_dtype, model_dtype, writer, teacher)
+                    self._frame(f, request, options, loaded, cache, emb, pad_mask, sigmas, shape, noise_dtype, model_dtype, writer,
+                                teacher, witness, kv)
                     if device.startswith("cuda"):
                         torch.cuda.synchronize(device)
                     frame_times.append(round(time.perf_counter() - frame_started, 6))
@@ -217,19 +237,22 @@ class ReferenceRunner:
         writer.close(complete=True, elapsed_s=round(time.perf_counter() - started, 3), frame_times_s=frame_times)
         return request.out_dir
 
-    def _frame(self, f, request, options, loaded, cache, emb, pad_mask, sigmas, shape, noise_dtype, model_dtype, writer, teacher=None):
+    def _frame(self, f, request, options, loaded, cache, emb, pad_mask, sigmas, shape, noise_dtype, model_dtype, writer,
+               teacher=None, witness=None, kv=None):
         import torch
 
         case, device = request.case, request.device
         controls = case.controls[f].tensors(model_dtype, device)
         timestamp = torch.tensor([[f]], dtype=torch.long, device=device)
+        gen = None
+        if options.noise_rule == "per_frame_generator":
+            gen = torch.Generator(device=device).manual_seed(case.seed + f)
+        native = torch.randn(shape, generator=gen, device=device, dtype=noise_dtype)
+        native_note = witness.identify(native, f, gen) if witness is not None else None
         if case.alignment.noise == "shared":
             x = alignment.shared_noise(case.seed, f, shape, noise_dtype, device)
-        elif options.noise_rule == "per_frame_generator":
-            gen = torch.Generator(device=device).manual_seed(case.seed + f)
-            x = torch.randn(shape, generator=gen, device=device, dtype=noise_dtype)
         else:
-            x = torch.randn(shape, device=device, dtype=noise_dtype)
+            x = native
         x = x.to(model_dtype)
         if teacher is not None:
             x = teacher.noise(f, device, model_dtype)
@@ -245,6 +268,9 @@ class ReferenceRunner:
         with writer.frame(f) as rec:
             for name, t in controls.items():
                 rec[f"controls.{name}"] = t
+            rec["noise.native"] = native
+            if native_note is not None:
+                rec.note(native_noise.NOTE, native_note)
             rec["noise"] = x
             if cache is not None:
                 cache.set_frozen(True)
@@ -256,16 +282,23 @@ class ReferenceRunner:
                 v = call(x, s, where)
                 checks.check_output(v, x.shape, where, request.out_dir, frames_kept=f)
                 updated = x + (s_next - s).to(x.dtype) * v
-                rec[f"step{i}.sigma"], rec[f"step{i}.input"], rec[f"step{i}.velocity"], rec[f"step{i}.update"] = s, x, v, updated
+                rec[f"step{i}.sigma"], rec[f"step{i}.timestamp"] = s, timestamp
+                rec[f"step{i}.input"], rec[f"step{i}.velocity"], rec[f"step{i}.update"] = x, v, updated
                 x = updated
             if teacher is not None:
                 x = teacher.latent(f, device, model_dtype)
             rec["latent"] = x
             if cache is not None and options.cache_mode == "ring" and options.cache_pass:
+                zero = torch.zeros((), dtype=sigmas.dtype, device=device)
+                if kv is not None:
+                    kv.before_pass()
                 cache.set_frozen(False)
-                out = call(x, torch.zeros((), dtype=sigmas.dtype, device=device), f"frame {f}, cache_pass")
+                out = call(x, zero, f"frame {f}, cache_pass")
                 cache.set_frozen(True)
+                rec["cache_pass.sigma"], rec["cache_pass.timestamp"] = zero, timestamp
                 rec["cache_pass.input"], rec["cache_pass.output"] = x, out
+                for layer, view in (kv.after_pass(f) if kv is not None else {}).items():
+                    rec[f"kv{layer}.frames"], rec[f"kv{layer}.keys"], rec[f"kv{layer}.values"] = view.frames, view.keys, view.values
             z = x.squeeze(1)
             if options.decode_input_dtype != "model":
                 z = z.to(getattr(torch, options.decode_input_dtype))
@@ -315,6 +348,26 @@ def _auto_map_target(vae_config: dict, path: Path) -> tuple[str, str]:
     if not module.isidentifier():
         raise UserError(f"auto_map module {module!r} is not a plain file name", path)
     return module, cls
+
+
+def _kv_bytes(config: dict[str, Any], dtype: str, mode: str, shape) -> int:
+    import torch
+
+    from parity.kv_view import kv_capture_bytes
+
+    try:
+        return kv_capture_bytes({**config, "tokens_per_frame": _tokens_per_frame(config, shape)},
+                                torch.empty((), dtype=getattr(torch, dtype)).element_size(), mode)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return 0  # a config without the cache keys: the model's own cache is not one the view knows
+
+
+def _tokens_per_frame(config: dict[str, Any], shape) -> int:
+    """Tokens one frame adds to the KV cache: the config's `tokens_per_frame`, else the patched latent."""
+    if config.get("tokens_per_frame"):
+        return int(config["tokens_per_frame"])
+    ph, pw = config.get("patch", [1, 1])
+    return (int(shape[-2]) // int(ph)) * (int(shape[-1]) // int(pw))
 
 
 def _native_noise_rule(options: ReferenceOptions) -> str:

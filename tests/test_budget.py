@@ -30,7 +30,19 @@ def tiny_estimate(frames=8, cache_pass=True):
 def test_estimate_scales_with_frames_and_stages():
     one, two = tiny_estimate(1), tiny_estimate(2)
     assert two.bytes - one.bytes == one.per_frame
-    assert tiny_estimate(1).per_frame - tiny_estimate(1, cache_pass=False).per_frame == 2 * 16 * 32 * 32 * 2 + 2 * 600
+    # the cache pass: input and output latents, its sigma and timestamp (4 tensors); no KV bytes given here
+    assert tiny_estimate(1).per_frame - tiny_estimate(1, cache_pass=False).per_frame == 2 * 16 * 32 * 32 * 2 + 4 * 600
+
+
+def test_kv_stages_are_in_the_estimate_and_digests_are_small():
+    from parity.kv_view import kv_capture_bytes
+    from parity.tiny.checkpoint import TRANSFORMER_CONFIG
+
+    full, digest = kv_capture_bytes(TRANSFORMER_CONFIG, 2, "full"), kv_capture_bytes(TRANSFORMER_CONFIG, 2, "digest")
+    assert kv_capture_bytes(TRANSFORMER_CONFIG, 2, "off") == 0 and digest < full / 50
+    assert tiny_estimate(1).per_frame + full == estimate_capture(
+        latent_shape=(1, 1, 16, 32, 32), frames=1, steps=4, model_dtype="bfloat16", sigma_dtype="bfloat16", cache_pass=True,
+        prompt_shape=(1, 512, 32), decoded_shape=(180, 320, 3), kv_bytes=full).per_frame
 
 
 def test_the_smallest_limit_applies_and_names_its_source(tmp_path):

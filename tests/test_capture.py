@@ -72,7 +72,7 @@ def test_other_schema_version_is_rejected(tmp_path):
     manifest.write_text(json.dumps(data))
     with pytest.raises(UserError) as err:
         Capture.open(tmp_path / "run")
-    assert err.value.one_line() == f"{manifest}: capture schema version 99 is not supported (this harness reads version 1); re-run the capture"
+    assert err.value.one_line() == f"{manifest}: capture schema version 99 is not supported (this harness reads versions 1, 2); re-run the capture"
 
 
 def test_corrupt_frame_file_is_named(tmp_path):
@@ -105,7 +105,8 @@ def test_sampled_capture_keeps_every_kth_frames_steps_and_compares_as_not_sample
     ReferenceRunner(json.loads((full / "manifest.json").read_text())["model"]["snapshot"]).run(
         RunRequest(small_case, "upstream", sampled_dir, capture="every:2"))
     sampled = Capture.open(sampled_dir)
-    assert sampled.manifest["capture"] == {"mode": "every", "every": 2, "sampled_families": ["step.input", "step.velocity", "step.update"]}
+    assert sampled.manifest["capture"] == {"mode": "every", "every": 2, "sampled_families": ["step.input", "step.velocity", "step.update"],
+                                           "kv": "full"}
     ids = set(sampled.manifest["tensors"])
     assert "f0/step1.velocity" in ids and "f2/step3.update" in ids and "f1/step0.input" not in ids
     assert "f1/latent" in ids and "f1/decoded" in ids and "f1/step0.sigma" in ids

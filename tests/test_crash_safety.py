@@ -71,7 +71,7 @@ def test_compare_and_summary_mark_the_killed_capture_incomplete(killed, tmp_path
     assert f"capture {run} is incomplete: 2 frames written" in out.replace("\n", "")
     summary = json.loads((tmp_path / "cmp" / "summary.json").read_text())
     assert summary["b"]["complete"] is False and summary["a"]["complete"] is True and summary["verdict"] == "FAIL"
-    assert summary["first_divergence"]["explanation"] == "frame 2, controls.mouse: present on one side only (missing in B)"
+    assert summary["first_divergence"]["explanation"] == "frame 2 missing in B (f2/controls.mouse)"
     assert summary["first_value_divergence"] is None  # the finished frames are identical
     assert tree_bytes(run) == before
 

@@ -48,8 +48,8 @@ def cmd_bisect(args) -> int:
     from parity.bisect.report import bisect_summary, print_table, table, write_bisect, write_walk
     from parity.bisect.session import Session, Settings, bisect, walk, walk_commits
     from parity.case import load_case
-    from parity.cli import _console, _side_config
-    from parity.suite import new_run_folder
+    from parity.output import console as make_console
+    from parity.suite import SideConfig, new_run_folder
     from reference.options import parse_cli_override
 
     if args.repo is None:
@@ -70,12 +70,12 @@ def cmd_bisect(args) -> int:
     case = load_case(args.case)
     options = dict(parse_cli_override(t) for t in args.option)
     upstream_options = dict(parse_cli_override(t) for t in args.upstream_option)
-    sides = _side_config(args)
+    sides = SideConfig.from_args(args)
     settings = Settings(device=sides.device, snapshot=_absolute(sides.snapshot), fastvideo_bundle=_absolute(sides.fastvideo_bundle),
                         code_source=sides.code_source, trust_remote_code=sides.trust_remote_code, options=options)
     kind = "walk" if args.walk else "bisect"
     out = new_run_folder(args.out_root, f"{kind}-{case.name}-" + datetime.now().strftime("%Y%m%d-%H%M%S"))
-    console = _console()
+    console = make_console()
     session = Session.create(repo, args.program, args.case, out, settings, args.stage, upstream=args.upstream,
                              upstream_options=upstream_options, log=lambda s: console.print(s, markup=False, highlight=False))
     meta = {"repo": str(repo.path), "program": args.program, "case": str(args.case), "criterion": session.criterion.describe(),

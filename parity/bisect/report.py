@@ -129,9 +129,9 @@ def print_table(view: dict[str, Any], console, title: str) -> None:
 
 
 def _html(out: Path, name: str, title: str, view: dict[str, Any], meta: dict[str, Any], summary: list[str]) -> Path:
-    from parity.report.build import _environment
+    from parity.report.templating import environment
 
-    html = _environment().get_template("bisect.html").render(
+    html = environment().get_template("bisect.html").render(
         page=name, title=title, families=[], standalone=True, standalone_links=[f"{name}.json", f"{name}.md"],
         view=view, meta=meta, summary=summary, short=SHORT_FAMILY)
     path = out / f"{name}.html"

@@ -169,8 +169,12 @@ def build_vae(bundle: Path, generation: Generation, device: str, vae_dtype):
 
 def make_pipeline(built, generation: Generation, prompt):
     """A `WaypointPipeline` around the built modules, staged by its own `create_pipeline_stages`
-    (which sets the transformer's dtypes: the head keeps `denoise_step_emb` in fp32)."""
+    (which sets the transformer's dtypes: the head keeps `denoise_step_emb` in fp32). Modules that
+    FastVideo's own loader loaded come with their pipeline and FastVideoArgs already."""
     import torch
+
+    if getattr(built, "pipe", None) is not None:
+        return built.pipe, built.args
 
     from fastvideo.pipelines.basic.waypoint import WaypointPipeline
 

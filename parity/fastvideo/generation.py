@@ -10,7 +10,6 @@ Anything else is a UserError naming what was found.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from parity.errors import UserError
 
@@ -21,7 +20,6 @@ class Generation:
     """`stages` (PR head) or `streaming` (640e654f3, 2e2375dc8)."""
     prompt_injection: str
     """`extra` (pre-filled batch.extra) or `context` (set on the streaming context after reset)."""
-    native_noise: str
 
 
 def detect_generation() -> Generation:
@@ -38,15 +36,11 @@ def detect_generation() -> Generation:
         from fastvideo.pipelines.stages import waypoint_stages as ws
     except Exception:
         ws = None
-    per_frame = "native: Generator(device).manual_seed(seed + frame), randn in the transformer dtype"
     if ws is not None and hasattr(ws, "WaypointDenoisingStage") and hasattr(ws, "WaypointDecodingStage"):
-        return Generation("stages", "extra", per_frame)
+        return Generation("stages", "extra")
     if hasattr(pipe, "streaming_reset") and hasattr(pipe, "streaming_step"):
-        src = Path(wp.__file__).read_text()
-        generator_noise = "manual_seed(" in src and "generator=" in src
         injection = "extra" if ws is not None and hasattr(ws, "WaypointTextEncodingStage") else "context"
-        noise = per_frame if generator_noise else "native: global RNG (torch.randn without generator; harness seeds torch.manual_seed(seed) once)"
-        return Generation("streaming", injection, noise)
+        return Generation("streaming", injection)
     raise UserError("WaypointPipeline has neither the stage pipeline (WaypointDenoisingStage) nor "
                     "streaming_reset/streaming_step; this FastVideo revision is not supported")
 

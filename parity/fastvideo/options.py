@@ -4,6 +4,10 @@
 - `vae_precision`: the VAE's, same choices
 - `sigmas`: an override of `pipeline_config.scheduler_sigmas` (recorded under `alignment.sigma_override`)
 - `attention`: "auto" (SDPA on CPU, FastVideo's default elsewhere), "sdpa" or "native"
+- `loader`: "auto" (FastVideo's own loader on CUDA for the PR head's stage pipeline, the direct build
+  otherwise), "fastvideo" or "direct" (see `parity.fastvideo.loaders` and `parity.fastvideo.build`)
+- `offload`: "default" (FastVideo's own CPU-offload defaults, layer-wise for the DiT) or "off"
+  (everything on the GPU); only FastVideo's loader reads it
 """
 
 from __future__ import annotations
@@ -12,14 +16,15 @@ from typing import Any
 
 from parity.errors import UserError
 
-OPTION_KEYS = ("precision", "vae_precision", "sigmas", "attention")
+OPTION_KEYS = ("precision", "vae_precision", "sigmas", "attention", "loader", "offload")
 PRECISIONS = {"bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}
 
 
 def parse_options(raw: dict[str, Any], source) -> dict[str, Any]:
     from reference.options import check_schedule
 
-    out: dict[str, Any] = {"precision": None, "vae_precision": None, "sigmas": None, "attention": "auto"}
+    out: dict[str, Any] = {"precision": None, "vae_precision": None, "sigmas": None, "attention": "auto", "loader": "auto",
+                           "offload": "default"}
     for key, value in raw.items():
         if key not in OPTION_KEYS:
             raise UserError(f"unknown FastVideo option {key!r}; known: {', '.join(OPTION_KEYS)}", source)
@@ -36,6 +41,10 @@ def parse_options(raw: dict[str, Any], source) -> dict[str, Any]:
             value = [float(v) for v in value]
         elif key == "attention" and value not in ("auto", "sdpa", "native"):
             raise UserError(f"option 'attention' must be auto, sdpa or native, got {value!r}", source)
+        elif key == "loader" and value not in ("auto", "fastvideo", "direct"):
+            raise UserError(f"option 'loader' must be auto, fastvideo or direct, got {value!r}", source)
+        elif key == "offload" and value not in ("default", "off"):
+            raise UserError(f"option 'offload' must be default or off, got {value!r}", source)
         out[key] = value
     return out
 

@@ -3,62 +3,51 @@
     runner = FastVideoRunner(bundle="path/to/fastvideo-bundle", snapshot=...)
     runner.run(RunRequest(case, side="fastvideo", out_dir=..., device="cpu", prompt_from=upstream_capture))
 
-Two generations of FastVideo's port are driven (detected, never configured):
+Two generations of FastVideo's port are driven (`parity.fastvideo.generation`, detected, never configured):
 - `stages` (PR #1058 head, 12c99dd42): `WaypointPipeline` composed of `prompt_encoding_stage`,
   `denoising_stage`, `decoding_stage`; run as `for stage in pipe.stages: batch = stage(batch, args)`,
   which is what FastVideo's generator runs inside its worker.
 - `streaming` (640e654f3, 2e2375dc8): one pipeline with `streaming_reset(batch, args)` and
   `streaming_step(keyboard, mouse)`.
-Anything else is a UserError naming what was found.
 
-Capture never edits FastVideo. For the duration of the run only, the harness installs
-- a forward pre-hook and a forward hook (with kwargs) on the transformer: every call is recorded
-  (model input, sigma, timestamp, controls, prompt, output); a call at sigma = 0 (or with
-  `update_cache=True`) is the cache pass, the others are denoise steps in order;
-- an instance attribute over `vae.decode` that records its input and its uint8 output (the
-  head's decoding stage then divides by 255; the capture keeps the uint8 as returned);
-- a wrapper over `torch.randn` that recognises the per-frame latent draw by its shape: with shared
-  noise it returns `parity.alignment.shared_noise(seed, frame, ...)` in the requested dtype instead,
-  with native noise it passes the call through and records what was drawn;
-- on CPU only: FastVideo's compiled flex attention swapped for its torch SDPA path (head), or
-  FastVideo's attention backend selector pointed at its SDPA backend (older revisions).
-All are removed in `finally`, and the capture records each of them.
+A run: the modules are built from the bundle (`build`), the pipeline is staged by FastVideo's own
+`create_pipeline_stages`, the port's own text stage encodes the case's prompt once (`prompt`; kept
+as `prompt.native_*` even when the shared prompt is what the model gets), then the pipeline runs
+with the harness's hooks installed (`hooks`): frames and steps are taken from what the pipeline
+does (its per-frame noise draw, its model calls, its own cache-pass routine), never from sigma
+values, and each frame is written as it ends (`writing`). Capture never edits FastVideo: hooks and
+wrappers exist for the run only, and on CPU FastVideo's compiled flex attention is swapped for its
+torch SDPA path (head) or its attention backend selector pointed at SDPA (older revisions).
 
-Modules: on every device the harness builds FastVideo's classes directly from a FastVideo-layout
-bundle (`transformer/config.json` + safetensors, `vae/`), as FastVideo's own tests do: its
-loaders choose the device themselves and do not work without CUDA. The checkpoint's architecture
-is copied into `pipeline_config.dit_config` (the denoising stage takes the latent shape from there).
-Prompt: `prompt_from` (shared) pre-fills `batch.extra` (head, 640e654f3) or the streaming context
-(2e2375dc8); without it the bundle's `text_encoder/` runs through FastVideo's text-encoding stage
-(transformers' UMT5EncoderModel in the encoder precision of FastVideo's pipeline config).
+Errors: only FastVideo raising makes the run fail; the capture then keeps every frame that ended,
+says `complete: false` with the error, and the run exits with a one-line error. A port that skips a
+cache pass, adds a step or ends early produces a complete capture that shows it.
 
-Options (`RunRequest.options`): `precision` (transformer, "bf16" or "fp32"; default: the pipeline
-config's), `vae_precision`, `sigmas` (override of `pipeline_config.scheduler_sigmas`), `attention`
-("auto": SDPA on CPU, FastVideo's default elsewhere; "sdpa"; "native").
+Options (`RunRequest.options`, `parity.fastvideo.options`): `precision`, `vae_precision`, `sigmas`, `attention`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 from parity import structure
-from parity.capture import CaptureWriter
-from parity.fastvideo import logs
+from parity.capture import CapturePolicy, CaptureWriter
 from parity.environment import describe_environment, pin_numerics
 from parity.errors import UserError
+from parity.fastvideo import logs
 from parity.fastvideo.build import attention_notice, build_modules, cpu_attention, make_pipeline, resolve_bundle
 from parity.fastvideo.calls import TransformerCalls
 from parity.fastvideo.generation import Generation, detect_generation
 from parity.fastvideo.hooks import Recorder
+from parity.fastvideo.loaders import load_with_fastvideo, loaded_text_stage, use_fastvideo_loader
 from parity.fastvideo.options import parse_options
-from parity.fastvideo.prompt import prepare_prompt
+from parity.fastvideo.prompt import own_encoding, pipeline_text_modules, prepare_prompt
 from parity.fastvideo.source import fastvideo_revision, import_fastvideo
-from parity.fastvideo.writing import latent_shape, model_block, model_dtype, setup_block, write_capture
+from parity.fastvideo.writing import FrameWriter, latent_shape, model_block, model_dtype, setup_block
 from parity.runner import RunRequest
 
 __all__ = ["FastVideoRunner", "Generation", "TransformerCalls", "detect_generation", "fastvideo_revision"]
@@ -80,6 +69,7 @@ class FastVideoRunner:
         case = request.case
         source = str(case.path) if case.path else None
         opts = parse_options(dict(request.options), source)
+        policy = CapturePolicy.parse(request.capture)
         bundle = self._bundle()
         device = request.device
         import_fastvideo()
@@ -87,12 +77,22 @@ class FastVideoRunner:
         pin_numerics(device)  # older FastVideo turns TF32 on at import
 
         with cpu_attention(device, opts["attention"], generation) as attention:
-            built = build_modules(bundle, opts, device, generation)
+            use_loader, why = use_fastvideo_loader(opts, device, generation)
+            built = load_with_fastvideo(bundle, opts, device, generation) if use_loader else build_modules(bundle, opts, device, generation)
+            built.loader_choice = why
             pin_numerics(device)
             notice = attention_notice(attention, model_dtype(built.model))
             if notice:
                 print(notice, file=sys.stderr, flush=True)
-            prompt = prepare_prompt(request, bundle, built, device)
+            if use_loader and request.prompt_from is None:
+                prompt = loaded_text_stage(built)
+            else:
+                prompt = prepare_prompt(request, bundle, built, device)
+            pipe, args = make_pipeline(built, generation, pipeline_text_modules(prompt, generation))
+            try:
+                native_prompt = own_encoding(pipe, args, generation, prompt, case.prompt, case.seed)
+            except Exception as exc:  # FastVideo's own text stage raised: the run errors, nothing written
+                raise UserError(f"FastVideo's text stage failed on the case's prompt ({type(exc).__name__}: {exc})") from exc
             writer = CaptureWriter(request.out_dir, {
                 "side": request.side,
                 "runner": {"name": self.name, "generation": generation.name},
@@ -103,6 +103,7 @@ class FastVideoRunner:
                 "environment": describe_environment(device),
                 "model": model_block(bundle, built),
                 "setup": setup_block(built, attention),
+                "native_prompt": {"ran": native_prompt is not None, "why_not": prompt.why_no_encoder},
                 "fastvideo": {**fastvideo_revision(), "generation": generation.name,
                               "pipeline_config": {**built.resolved, "scheduler_sigmas": list(built.pc.scheduler_sigmas),
                                                   "precision": built.pc.precision,
@@ -110,17 +111,22 @@ class FastVideoRunner:
                               "attention": attention, "vae": built.vae_info,
                               "ignored_config_keys": built.ignored_config_keys, "weight_renames": built.renames,
                               "prompt_injection": generation.prompt_injection if request.prompt_from else None},
-            })
-            started = time.perf_counter()
+            }, policy=policy, background=device.startswith("cuda"))
+            writer.set("alignment", {"noise": case.alignment.noise, "prompt": case.alignment.prompt, "prompt_source": prompt.source,
+                                     "sigma_override": built.pc.scheduler_sigmas if opts["sigmas"] is not None else None})
+            structure.write(request.out_dir, structure.describe({"transformer": built.model, "vae": built.vae}))
+            logs.write_to(request.out_dir)
+            frames = FrameWriter(writer, request, built, generation, prompt, native_prompt,
+                                 latents_from_batch=generation.name == "stages")
             try:
-                rec = self._execute(request, built, generation, prompt, device)
-            except UserError:
-                writer.close(complete=False)
-                raise
+                self._execute(request, built, generation, prompt, pipe, args, frames, policy)
             except Exception as exc:
-                writer.close(complete=False, error=f"{type(exc).__name__}: {exc}")
-                raise UserError(f"FastVideo pipeline failed ({type(exc).__name__}: {exc})") from exc
-        write_capture(writer, rec, request, built, generation, prompt, started)
+                error = exc.one_line() if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+                frames.finish(complete=False, error=error)  # every finished frame stays
+                if isinstance(exc, UserError):
+                    raise
+                raise UserError(f"FastVideo pipeline failed ({error}); the frames it finished are in {request.out_dir}") from exc
+            frames.finish(complete=True)
         return request.out_dir
 
     @contextlib.contextmanager
@@ -140,51 +146,55 @@ class FastVideoRunner:
             pipe, args = make_pipeline(built, generation, no_prompt)
             yield TransformerCalls(built, generation, pipe, args, attention, device)
 
-    def _execute(self, request: RunRequest, built, generation: Generation, prompt, device: str):
+    def _execute(self, request: RunRequest, built, generation: Generation, prompt, pipe, args, frames: FrameWriter,
+                 policy: CapturePolicy) -> None:
+        """Runs the pipeline as FastVideo's generator would (stages in order, or streaming_reset +
+        streaming_step), with the recorder installed; frames are written as they end."""
         import torch
 
         from fastvideo.pipelines.pipeline_batch_info import ForwardBatch
 
         case = request.case
-        frames = case.frames
-        keyboard = torch.zeros(1, frames, int(getattr(built.arch, "n_buttons", 256)))
-        mouse = torch.zeros(1, frames, 2)
-        scroll = torch.zeros(1, frames, 1)
+        n = case.frames
+        keyboard = torch.zeros(1, n, int(getattr(built.arch, "n_buttons", 256)))
+        mouse = torch.zeros(1, n, 2)
+        scroll = torch.zeros(1, n, 1)
         for f, c in enumerate(case.controls):
             for key in c.buttons:
                 keyboard[0, f, key] = 1.0
             mouse[0, f] = torch.tensor(c.mouse)
             scroll[0, f, 0] = c.scroll  # raw wheel value: FastVideo takes the sign itself (head)
 
-        pipe, args = make_pipeline(built, generation, prompt)
-        structure.write(request.out_dir, structure.describe({"transformer": built.model, "vae": built.vae}))
-        logs.write_to(request.out_dir)
-
         extra = {}
         if prompt.emb is not None:
-            extra = {"waypoint_prompt_emb": prompt.emb.to(device), "waypoint_prompt_pad_mask": prompt.mask.to(device)}
+            extra = {"waypoint_prompt_emb": prompt.emb.to(request.device), "waypoint_prompt_pad_mask": prompt.mask.to(request.device)}
         fields = dict(data_type="t2v", prompt=None if prompt.emb is not None else case.prompt, seed=case.seed,
-                      num_frames=frames, keyboard_cond=keyboard, mouse_cond=mouse, scroll_cond=scroll, extra=extra)
+                      num_frames=n, keyboard_cond=keyboard, mouse_cond=mouse, scroll_cond=scroll, extra=extra)
         known = getattr(ForwardBatch, "__dataclass_fields__", fields)
         batch = ForwardBatch(**{k: v for k, v in fields.items() if k in known})
 
-        rec = Recorder(case.seed, frames, tuple(latent_shape(built.arch)), shared=case.alignment.noise == "shared")
-        if case.alignment.noise == "native":
-            torch.manual_seed(case.seed)  # only the global-RNG revision reads it
-        with rec.installed(built.model, built.vae), torch.no_grad():
-            if generation.name == "stages":
-                for stage in pipe.stages:
-                    batch = stage(batch, args)
-                rec.batch_latents = batch.latents
-            else:
-                pipe.streaming_reset(batch, args)
-                if prompt.emb is not None and generation.prompt_injection == "context":
-                    pipe._streaming_ctx.prompt_emb = extra["waypoint_prompt_emb"]
-                    pipe._streaming_ctx.prompt_pad_mask = extra["waypoint_prompt_pad_mask"]
-                pipe.streaming_step(keyboard, mouse)
-        if not rec.calls:
-            raise UserError("FastVideo ran without calling the transformer")
-        rec.sigma_dtype = rec.calls[0]["sigma"].dtype
-        rec.sigma_tensor = torch.tensor(built.pc.scheduler_sigmas, dtype=rec.sigma_dtype)
-        return rec
-
+        shape = latent_shape(built.arch)
+        rec = Recorder(case.seed, shape, shared=case.alignment.noise == "shared",
+                       tokens_per_frame=int(getattr(built.arch, "tokens_per_frame", 0) or (shape[-1] * shape[-2]) // 4),
+                       kv_mode=policy.kv, on_frame=frames.frame_ended, on_decode=frames.late_decode)
+        frames.recorder = rec
+        owner = next((s for s in pipe.stages if hasattr(s, "_cache_pass")), None) if generation.name == "stages" else None
+        torch.manual_seed(case.seed)  # the global-RNG rule's seed: its draw is checked under shared noise too
+        with rec.installed(built.model, built.vae, owner), torch.no_grad():
+            try:
+                if generation.name == "stages":
+                    for stage in pipe.stages:
+                        batch = stage(batch, args)
+                        rec.end_frame()
+                        if stage is owner:
+                            frames.latents_ready(batch.latents)
+                else:
+                    pipe.streaming_reset(batch, args)
+                    if prompt.emb is not None and generation.prompt_injection == "context":
+                        pipe._streaming_ctx.prompt_emb = extra["waypoint_prompt_emb"]
+                        pipe._streaming_ctx.prompt_pad_mask = extra["waypoint_prompt_pad_mask"]
+                    pipe.streaming_step(keyboard, mouse)
+                    rec.end_frame()
+            except BaseException:
+                rec.drop_open_frame()
+                raise
