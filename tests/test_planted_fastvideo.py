@@ -574,7 +574,7 @@ BUGS = [
     Bug("update_sign_flipped", plant_update_sign_flipped, lambda c: Where(0, 0, ("step.update",)), "main"),
     Bug("cache_pass_skipped", plant_cache_pass_skipped, lambda c: Where(0, None, CACHE_PASS_FAMILIES, missing_in_b=True),
         "capture: protocol-aligned frames"),
-    Bug("cache_pass_sigma_1e3", plant_cache_pass_sigma_1e3, lambda c: Where(0, None, CACHE_PASS_SIGMA_FAMILIES),
+    Bug("cache_pass_sigma_1e3", plant_cache_pass_sigma_1e3, lambda c: Where(0, None, ("cache_pass.sigma",)),
         "capture: protocol-aligned frames, cache-pass sigma stage"),
     # nothing is written into the cache by frame 0's pass (its output is the same: the frame sees itself either way)
     Bug("cache_pass_frozen", plant_cache_pass_frozen, lambda c: Where(0, None, KV_FAMILIES, layer=0), "capture: KV-cache stage"),

@@ -9,8 +9,6 @@ business (tests of parity.oracle); here every bug is far above fp32 rounding.
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 
