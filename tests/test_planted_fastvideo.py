@@ -40,6 +40,7 @@ FP32_UPSTREAM = {"model_dtype": "float32", "noise_dtype": "float32", "sigma_dtyp
                  "vae_dtype": "float32", "encoder_dtype": "float32"}
 FP32_FASTVIDEO = {"precision": "fp32", "vae_precision": "fp32"}
 SEEDS = (42, 7, 1234)
+PROMPT = "A first-person gameplay video exploring a stylized world."
 FRAMES = 4
 """Enough for every bug below to act (the latest acts at frame 2), except those that set their own."""
 
@@ -47,7 +48,7 @@ SCROLL_FRAME = 2
 """Frames 0-1: button 17, mouse (0.1, -0.05), no scroll; from frame 2: buttons 17 + 30, mouse
 (0.5, 0.2), scroll -3 (upstream feeds its sign, -1)."""
 CASE = f"""
-    prompt = "A first-person gameplay video exploring a stylized world."
+    prompt = "{{prompt}}"
     seed = {{seed}}
     frames = {{frames}}
     [controls]
@@ -655,48 +656,48 @@ def checkpoint(request, fv, tmp_path_factory):
     return {"name": request.param, "config": config, **paths}
 
 
-def _case(tmp_path: Path, seed: int, frames: int):
+def _case(tmp_path: Path, seed: int, frames: int, prompt: str):
     from parity.case import load_case
 
-    path = tmp_path / f"planted-{seed}-{frames}.toml"
-    path.write_text(textwrap.dedent(CASE.format(seed=seed, frames=frames)))
+    path = tmp_path / f"planted-{seed}-{frames}-{abs(hash(prompt))}.toml"
+    path.write_text(textwrap.dedent(CASE.format(seed=seed, frames=frames, prompt=prompt)))
     return load_case(path)
 
 
 @pytest.fixture(scope="module")
 def upstream(checkpoint, tmp_path_factory):
-    """upstream(seed, frames) -> the fp32 upstream capture of the case, made once per checkpoint, seed and length."""
+    """upstream(seed, frames, prompt) -> the fp32 upstream capture of the case, made once per checkpoint and case."""
     from parity.runner import RunRequest
     from reference.runner import ReferenceRunner
 
     root = tmp_path_factory.mktemp(f"upstream-{checkpoint['name']}")
-    made: dict[tuple[int, int], Path] = {}
+    made: dict[tuple[int, int, str], Path] = {}
 
-    def get(seed: int, frames: int) -> Path:
-        if (seed, frames) not in made:
+    def get(seed: int, frames: int, prompt: str) -> Path:
+        key = (seed, frames, prompt)
+        if key not in made:
             runner = ReferenceRunner(checkpoint["snapshot"], code_source="world_engine")
-            made[seed, frames] = runner.run(RunRequest(_case(root, seed, frames), "upstream", root / f"seed{seed}-{frames}",
-                                                       "cpu", dict(FP32_UPSTREAM)))
-        return made[seed, frames]
+            made[key] = runner.run(RunRequest(_case(root, *key), "upstream", root / f"up{len(made)}", "cpu", dict(FP32_UPSTREAM)))
+        return made[key]
 
     return get
 
 
 @pytest.fixture
 def run_fastvideo(checkpoint, upstream, tmp_path):
-    """run_fastvideo(seed=42, frames=FRAMES) -> the comparison of FastVideo (as patched now) with upstream, default tolerances."""
+    """run_fastvideo(seed=42, frames=FRAMES, prompt=PROMPT) -> the comparison of FastVideo (as patched now) with upstream, default tolerances."""
     from parity.capture import Capture
     from parity.compare import compare_captures
     from parity.errors import UserError
     from parity.fastvideo.runner import FastVideoRunner
     from parity.runner import RunRequest
 
-    def run(seed: int = 42, frames: int = FRAMES):
-        a = upstream(seed, frames)
+    def run(seed: int = 42, frames: int = FRAMES, prompt: str = PROMPT):
+        a = upstream(seed, frames, prompt)
         out = tmp_path / f"fastvideo-{seed}"
         runner = FastVideoRunner(bundle=checkpoint["bundle"], snapshot=checkpoint["snapshot"])
         try:
-            runner.run(RunRequest(_case(tmp_path, seed, frames), "fastvideo", out, "cpu", dict(FP32_FASTVIDEO), prompt_from=a))
+            runner.run(RunRequest(_case(tmp_path, seed, frames, prompt), "fastvideo", out, "cpu", dict(FP32_FASTVIDEO), prompt_from=a))
         except UserError as exc:
             pytest.fail(f"the FastVideo run errored: {exc.one_line()}")
         return compare_captures(Capture.open(a), Capture.open(out))
@@ -726,6 +727,18 @@ def test_unpatched_port_passes_in_fp32(run_fastvideo, seed):
     assert result.passed, f"false alarm on the unpatched port: {_named(result)}"
     structure = _structure_differences(result)
     assert not structure, f"false alarm in the structural diff of the unpatched port: {structure}"
+
+
+def test_unpatched_port_skips_ftfy_and_the_native_prompt_says_so(run_fastvideo):
+    """Not planted: upstream runs `ftfy.fix_text` on the prompt before tokenising (curly quotes become
+    straight ones), FastVideo's text stage tokenises the prompt as given. A prompt ftfy changes
+    therefore encodes differently: the port's own prompt stage must say so, and nothing else may
+    fail (the shared prompt is upstream's)."""
+    result = run_fastvideo(prompt="A first-person \u201cgameplay\u201d video exploring a stylized world.")
+    first = result.first_divergence
+    print(f"unpatched, curly quotes: harness named {_named(result)}")
+    assert first is not None and (first.key.frame, first.key.family) == (None, "prompt.native_embedding"), _named(result)
+    assert all(s.passed for s in result.stages if not s.key.family.startswith("prompt.native"))
 
 
 @pytest.mark.parametrize("bug", BUGS, ids=[b.name for b in BUGS])
