@@ -544,6 +544,29 @@ def plant_last_step_dropped(monkeypatch, fv):
     monkeypatch.setattr(fv.stages, "zip", zip_without_last, raising=False)
 
 
+def plant_noise_scaled_after_the_draw(monkeypatch, fv):
+    # the draw is right, then scaled (a port applying a sigma_max or init_noise_sigma of 0.9)
+    def randn(*args, **kwargs):
+        return torch.randn(*args, **kwargs) * 0.9
+
+    monkeypatch.setattr(fv.stages, "torch", _TorchWith(randn=randn))
+
+
+def plant_prompt_rounded_to_bf16(monkeypatch, fv):
+    # the prompt embedding handed to the model is rounded through bf16 (in an fp32 run)
+    stage = fv.stages.WaypointDenoisingStage
+    original = stage.streaming_reset
+
+    @functools.wraps(original)
+    def streaming_reset(self, batch, args):
+        emb = (batch.extra or {}).get("waypoint_prompt_emb")
+        if emb is not None:
+            batch.extra["waypoint_prompt_emb"] = emb.to(torch.bfloat16).to(emb.dtype)
+        return original(self, batch, args)
+
+    monkeypatch.setattr(stage, "streaming_reset", streaming_reset)
+
+
 def _first_local_window_frame(config: dict) -> int:
     """With a ring of W frames, frame t attends to t-W+1 .. t: a window one shorter first drops a
     frame at t = W - 1 (frame 0 falls out), in the first denoise call of that frame."""
@@ -609,6 +632,9 @@ BUGS = [
         lambda c: Where(0, None, ("kv.values",), layer=0), "capture: KV-cache stage"),
     # the first three steps are upstream's; the fourth model call never happens
     Bug("last_step_dropped", plant_last_step_dropped, lambda c: Where(0, 3, ("step.sigma",), missing_in_b=True), "main"),
+    # the first step is given 0.9 x the draw; the draw itself (noise.native) is right
+    Bug("noise_scaled_after_the_draw", plant_noise_scaled_after_the_draw, lambda c: Where(0, None, ("noise",)), "main"),
+    Bug("prompt_rounded_to_bf16", plant_prompt_rounded_to_bf16, lambda c: Where(None, None, ("prompt.embedding",)), "main"),
     Bug("vae_truncates", plant_vae_truncates, lambda c: Where(0, None, ("decoded",)), "oracle: decoded judged by dtype"),
     # the first model call, frame 0 step 0; the structural diff names the eps before any stage
     Bug("rms_norm_eps", plant_rms_norm_eps, lambda c: Where(0, 0, ("step.velocity",)), "main; structure: norm eps",
