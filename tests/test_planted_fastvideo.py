@@ -567,6 +567,18 @@ def plant_prompt_rounded_to_bf16(monkeypatch, fv):
     monkeypatch.setattr(stage, "streaming_reset", streaming_reset)
 
 
+def plant_latent_rounded_to_bf16_for_decode(monkeypatch, fv):
+    # the decoder is handed the latent rounded through bf16 (in an fp32 run): a few levels move
+    cls = fv.vae.WorldEngineVAE
+    original = cls.decode
+
+    @functools.wraps(original)
+    def decode(self, latent):
+        return original(self, latent.to(torch.bfloat16).to(latent.dtype))
+
+    monkeypatch.setattr(cls, "decode", decode)
+
+
 def _first_local_window_frame(config: dict) -> int:
     """With a ring of W frames, frame t attends to t-W+1 .. t: a window one shorter first drops a
     frame at t = W - 1 (frame 0 falls out), in the first denoise call of that frame."""
@@ -635,6 +647,8 @@ BUGS = [
     # the first step is given 0.9 x the draw; the draw itself (noise.native) is right
     Bug("noise_scaled_after_the_draw", plant_noise_scaled_after_the_draw, lambda c: Where(0, None, ("noise",)), "main"),
     Bug("prompt_rounded_to_bf16", plant_prompt_rounded_to_bf16, lambda c: Where(None, None, ("prompt.embedding",)), "main"),
+    Bug("latent_rounded_to_bf16_for_decode", plant_latent_rounded_to_bf16_for_decode,
+        lambda c: Where(0, None, ("decoded",)), "oracle: decoded judged by dtype"),
     Bug("vae_truncates", plant_vae_truncates, lambda c: Where(0, None, ("decoded",)), "oracle: decoded judged by dtype"),
     # the first model call, frame 0 step 0; the structural diff names the eps before any stage
     Bug("rms_norm_eps", plant_rms_norm_eps, lambda c: Where(0, 0, ("step.velocity",)), "main; structure: norm eps",
