@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-from", type=Path, help="inject the prompt embedding of this capture (shared prompt)")
     p.add_argument("--capture", default="full", metavar="POLICY",
                    help="full (default), every:K (per-step tensors on every K-th frame only, for long rollouts), "
-                        "or none (bare run, for benchmarks); recorded in the manifest")
+                        "or none (bare run, for benchmarks); add ,kv:digest (KV-cache statistics instead of full keys "
+                        "and values, for real-size models) or ,kv:off; recorded in the manifest")
     p.add_argument("--resume", action="store_true", help="continue the incomplete capture in --out (reference sides only)")
     p.add_argument("--max-capture-bytes", metavar="SIZE",
                    help="refuse to start a capture estimated above SIZE (2000000000, 500MB, 2GiB; see parity.budget)")
@@ -226,7 +227,11 @@ def _oracle(args, a, b):
     path = oracle.default_location(a.run_dir)
     if not (path / "manifest.json").is_file():
         print(f"making the fp32 oracle of A (once; reused by later comparisons): {path}")
-    return Capture.open(oracle.oracle_for(a, path, trust_remote_code=args.trust_remote_code))
+    try:
+        return Capture.open(oracle.oracle_for(a, path, trust_remote_code=args.trust_remote_code))
+    except UserError as exc:  # a stored capture stays comparable: by fixed bounds, and the console says why
+        print(f"no fp32 oracle ({exc.one_line()}); fixed dtype bounds apply. Pass --oracle DIR, or --no-oracle to silence this")
+        return None
 
 
 def cmd_compare(args) -> int:

@@ -12,7 +12,8 @@ oracle is given or the family is an input or a case file sets its bound.
 Stages are aligned by the protocol (frame, step, family), never by sigma values: a 3-step side has
 no step 3, and that absence is itself a divergence, as is a cache pass that one side lacks or a
 shape that differs. Config differences are listed, not judged: the stage verdicts say whether they
-mattered.
+mattered. So is `result.structure`, the diff of the two live models' `structure.json`
+(`parity.structure`: modules, parameter shapes and dtypes, norm eps, heads, RoPE tables, windows).
 
 `first_divergence` is the earliest stage that is not a pass, whatever the kind (missing, shape,
 values). `first_value_divergence` is the earliest stage present on both sides with the same shape
@@ -33,7 +34,7 @@ from parity.config_words import USED, field_value, row_kind, words
 from parity.metrics import Metrics, compare_arrays, compare_frames
 from parity.numbers import vs
 from parity.tolerances import (DTYPE, EXACT, FAMILIES, ORACLE, OracleVerdict, Tolerance, Tolerances, coarser,
-                               judge_against_oracle, stage_rule)
+                               judge_against_oracle, judge_systematic, stage_rule)
 from parity.structure import StructureDiff, diff_captures
 
 PASS, FAIL, MISSING_A, MISSING_B, SHAPE = "pass", "fail", "missing in A", "missing in B", "shape mismatch"
@@ -121,6 +122,8 @@ class StageResult:
     detail: str | None = None
     """What the numbers alone do not say: the values of a small stage (`0 vs 0.001`, visible frames
     `[0, 1] vs [0]`), or why a native-noise stage passed or failed (`parity.native_noise`)."""
+    vs_oracle: tuple[Metrics, Metrics] | None = field(default=None, repr=False)
+    """A's and B's metrics against the oracle (oracle as reference), kept for the verdict."""
 
     @property
     def passed(self) -> bool:
@@ -149,7 +152,7 @@ class StageResult:
         if self.oracle is not None:
             text = f"{self.key.where()}: {self.oracle.explain()}; B vs A rel_l2 {m.rel_l2:.3g}, max_abs {m.max_abs:.3g}"
         elif self.rule == EXACT:
-            text = f"{self.key.where()}: must be exact, max_abs {m.max_abs:.6g}, {m.changed_fraction:.3g} of values differ"
+            text = f"{self.key.where()}: must be exact, max_abs {m.max_abs:.6g}, {m.changed_fraction:.3%} of the values differ"
         else:
             rel, rel_t = vs(m.rel_l2, t.rel_l2)
             mx, mx_t = vs(m.max_abs, t.max_abs)
@@ -276,7 +279,8 @@ def compare_captures(a: Capture, b: Capture, tolerances: Tolerances | None = Non
     keys_o = {k.id for k in oracle.keys()} if oracle is not None else set()
     context = _Context(a, b, oracle, tolerances,
                        shared_noise=manifest_value(b.manifest, "alignment.noise") != "native",
-                       vae_dtypes=(manifest_value(a.manifest, "protocol.vae_dtype"), manifest_value(b.manifest, "protocol.vae_dtype")))
+                       vae_dtypes=(manifest_value(a.manifest, "protocol.vae_dtype"), manifest_value(b.manifest, "protocol.vae_dtype")),
+                       model_dtype_b=manifest_value(b.manifest, "protocol.model_dtype"))
 
     def one_frame(keys: list[StageKey]) -> list[StageResult]:
         both = [k for k in keys if k.id in keys_a and k.id in keys_b and a.info(k)["shape"] == b.info(k)["shape"]]
@@ -290,6 +294,7 @@ def compare_captures(a: Capture, b: Capture, tolerances: Tolerances | None = Non
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         stages = [s for group in pool.map(one_frame, by_frame.values()) for s in group]
     stages.sort(key=lambda s: s.key.order)
+    _judge_against_oracle(stages, context)
     return ComparisonResult(a, b, config, stages, tolerances, oracle, structure=diff_captures(a, b))
 
 
@@ -319,6 +324,44 @@ def _small_values(t, as_list: bool = False) -> str:
 
 
 
+def _judge_against_oracle(stages: list[StageResult], ctx: _Context) -> None:
+    """The oracle verdicts, once every stage is measured: each stage's distance, then per family the
+    steady part of B's gain and bias beyond A's (see `parity.tolerances.judge_systematic`)."""
+    families: dict[str, list[StageResult]] = {}
+    for s in stages:
+        if s.vs_oracle is not None:
+            families.setdefault(s.key.family, []).append(s)
+    for family, members in families.items():
+        decoded = family == "decoded"
+        oracle_dtype = manifest_value(ctx.oracle.manifest, "protocol.vae_dtype" if decoded else "protocol.model_dtype") or "float32"
+        for s in members:
+            # a decoded frame carries the error of every stage before it: B's coarsest dtype sets its multiplier
+            dtype_b = coarser(ctx.vae_dtypes[1], ctx.model_dtype_b) if decoded else s.dtype_b
+            s.oracle = judge_against_oracle(*s.vs_oracle, ctx.tolerances.oracle_rule(family, dtype_b), oracle_dtype, decoded)
+        same_dtype = [s for s in members if (ctx.vae_dtypes[0] == ctx.vae_dtypes[1] if decoded else s.dtype_a == s.dtype_b)]
+        ids = [s.key.id for s in same_dtype]
+        by_id = {s.key.id: s for s in same_dtype}
+        dtype_b = ctx.vae_dtypes[1] if decoded else (same_dtype[0].dtype_b if same_dtype else None)
+        for component in ("gain", "bias"):
+            deltas = [getattr(s.oracle, f"{component}_b") - getattr(s.oracle, f"{component}_a") for s in same_dtype]
+            _mark(judge_systematic(component, deltas, ids, [s.key.step for s in same_dtype], dtype_b, decoded), by_id)
+        # B's distance from the oracle steadily above A's: the norm's own steady part (stages either side gets exactly are left out)
+        measured = [s for s in members if s.oracle.err_a > 0 and s.oracle.err_b > 0]
+        _mark(judge_systematic("distance", [math.log(s.oracle.err_b / s.oracle.err_a) for s in measured],
+                               [s.key.id for s in measured], [s.key.step for s in measured], dtype_b, decoded),
+              {s.key.id: s for s in measured})
+        for s in members:
+            m = s.metrics
+            if not (s.oracle.passed and m.nonfinite_a == 0 and m.nonfinite_b == 0):
+                s.status = FAIL
+
+
+def _mark(found, by_id: dict[str, StageResult]) -> None:
+    """A steady run fails at its first stage (the earliest finding there is kept)."""
+    if found is not None and by_id[found.first].oracle.systematic is None:
+        by_id[found.first].oracle.systematic = found
+
+
 @dataclass
 class _Context:
     a: Capture
@@ -327,6 +370,7 @@ class _Context:
     tolerances: Tolerances
     shared_noise: bool
     vae_dtypes: tuple[str | None, str | None]
+    model_dtype_b: str | None = None
 
 
 def _compare_stage(key: StageKey, ctx: _Context, in_a: bool, in_b: bool, ta=None, tb=None, to=None) -> StageResult:
@@ -370,10 +414,8 @@ def _compare_stage(key: StageKey, ctx: _Context, in_a: bool, in_b: bool, ta=None
         rule = "floors"
     result.rule = rule
     if rule == ORACLE:
-        oracle_dtype = manifest_value(ctx.oracle.manifest, "protocol.vae_dtype" if decoded else "protocol.model_dtype") or "float32"
-        result.oracle = judge_against_oracle(compare_arrays(to, ta), compare_arrays(to, tb),
-                                             tolerances.oracle_rule(key.family, dtypes[1]), oracle_dtype, decoded)
-        ok = result.oracle.passed
+        result.vs_oracle = (compare_arrays(to, ta), compare_arrays(to, tb))
+        ok = True  # judged by `_judge_against_oracle` once every stage is measured
     else:
         result.tolerance = Tolerance(0.0, 0.0) if rule == EXACT else tolerances.for_stage(key.family, *dtypes)
         ok = result.tolerance.allows_metrics(m)

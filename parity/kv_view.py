@@ -231,21 +231,26 @@ def _rolled(before, after) -> bool:
                 and torch.equal(before[1:, :4], after[:-1, :4]))
 
 
-def kv_capture_bytes(config: dict, itemsize: int, mode: str) -> int:
-    """Upper bound of one frame's KV stages: every layer full (its window, or global window /
-    dilation), keys and values, in `mode` (`full`, `digest` or `off`)."""
+def kv_capture_bytes(config: dict, itemsize: int, mode: str, frames: int | None = None) -> int:
+    """Bytes of one frame's KV stages (`mode` `full`, `digest` or `off`): every layer's visible frames,
+    keys and values. With `frames`, the average over a run of that many frames (the rings fill up
+    during the first frames); without, a frame with every ring full."""
     if mode == "off":
         return 0
     heads = int(config.get("n_kv_heads") or config["n_heads"])
     head_dim = int(config["d_model"]) // int(config["n_heads"])
     period, offset = int(config["global_attn_period"]), int(config.get("global_attn_offset", 0) or 0)
+    dilation = int(config["global_pinned_dilation"])
+    per_frame = 3 if mode == "digest" else int(config["tokens_per_frame"]) * head_dim
+    at = range(frames) if frames else [None]
     total = 0
-    for layer in range(int(config["n_layers"])):
-        is_global = (layer - offset) % period == 0
-        frames = int(config["global_window"]) // int(config["global_pinned_dilation"]) if is_global else int(config["local_window"])
-        per_frame = 3 if mode == "digest" else int(config["tokens_per_frame"]) * head_dim
-        total += 2 * heads * frames * per_frame * itemsize + frames * 8 + 3 * 600
-    return total
+    for f in at:
+        for layer in range(int(config["n_layers"])):
+            is_global = (layer - offset) % period == 0
+            slots = int(config["global_window"]) // dilation if is_global else int(config["local_window"])
+            visible = slots if f is None else min(slots, (f // dilation if is_global else f) + 1)
+            total += 2 * heads * visible * per_frame * itemsize + visible * 8 + 3 * 600
+    return total // len(at)
 
 
 def kv_digest(t, frames: int):

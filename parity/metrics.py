@@ -108,22 +108,26 @@ def compare_arrays(a, b) -> Metrics:
 
 
 def _signed_components(a: np.ndarray, d: np.ndarray) -> dict[str, float]:
-    """bias, gain and their standard errors (see the module docstring); a and d finite, float64."""
+    """bias, gain and their standard errors (see the module docstring); a and d finite, float64.
+    Sums run on a / max|a| and d / max|d| (like `_norm`), so huge or tiny values neither overflow
+    nor underflow."""
     n = d.size
     if n == 0:
         return {"bias": 0.0, "bias_sigma": 0.0, "gain": 0.0, "gain_sigma": 0.0, "rms_a": 0.0}
-    bias = float(d.mean())
-    bias_sigma = float(d.std() / math.sqrt(n))
-    aa = float(np.dot(a.ravel(), a.ravel()))
-    if aa == 0.0 or not math.isfinite(aa):
+    unit_a, ua, sa = _norm(a.ravel())
+    _, ud, sd = _norm(d.ravel())
+    bias = float(ud.mean()) * sd
+    bias_sigma = float(ud.std()) / math.sqrt(n) * sd
+    if unit_a == 0.0:
         gain, gain_sigma = 0.0, 0.0
     else:
-        gain = float(np.dot(d.ravel(), a.ravel())) / aa
-        # heteroscedasticity-robust standard error of the least-squares slope through the origin
-        resid = (d - gain * a).ravel()
-        gain_sigma = float(math.sqrt(float(np.sum((a.ravel() * resid) ** 2)))) / aa
+        aa = unit_a * unit_a  # <a, a> / sa^2
+        g = float(np.dot(ud, ua)) / aa  # gain * sa / sd
+        resid = ud - g * ua
+        gain = _scaled_ratio(g, sd, 1.0, sa) if g else 0.0
+        gain_sigma = _scaled_ratio(float(np.sqrt(np.sum((ua * resid) ** 2))) / aa, sd, 1.0, sa)
     return {"bias": bias, "bias_sigma": bias_sigma, "gain": gain, "gain_sigma": gain_sigma,
-            "rms_a": math.sqrt(aa / n) if math.isfinite(aa) else math.inf}
+            "rms_a": unit_a / math.sqrt(n) * sa}
 
 
 def compare_frames(a, b) -> Metrics:
@@ -185,6 +189,76 @@ def _sqnr(norm_a: float, norm_d: float) -> float:
     if norm_a == 0.0:
         return -math.inf
     return 20.0 * (math.log10(norm_a) - math.log10(norm_d))  # the quotient itself can underflow to 0
+
+
+@dataclass
+class Run:
+    """Stages [start, stop) of a sequence whose values are steadily off zero."""
+
+    start: int
+    stop: int
+    mean: float
+    z: float
+    """sum / sqrt(sum of each value's spread squared): the run's mean in standard errors."""
+
+
+MIN_RUN = 3
+"""A steady offset needs a few stages; one stage far off is the distance rule's business."""
+
+
+def strongest_run(values, groups=None, min_length: int = MIN_RUN, min_z: float | None = None,
+                  min_mean: float = 0.0) -> Run | None:
+    """The run of at least `min_length` consecutive values whose mean is furthest from 0 in units of
+    its standard error (a scan statistic): a steady offset over many stages stands out even when each
+    stage alone is within its noise. Each value's spread is the sample standard deviation of its
+    group (`groups`, e.g. the denoise step: the last, sharpest step wanders more than the first),
+    or of the whole sequence. With `min_z`: the earliest-starting run with |z| >= min_z and
+    |mean| > min_mean (where a steady offset begins), or None. None for fewer than `min_length`
+    values or no spread."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size < max(min_length, 3) or not np.all(np.isfinite(v)):
+        return None
+    keys = list(groups) if groups is not None else [0] * v.size
+    spread = np.empty_like(v)
+    overall = float(v.std(ddof=1))
+    for g in set(keys):
+        members = np.array([k == g for k in keys])
+        spread[members] = float(v[members].std(ddof=1)) if members.sum() >= 3 else overall
+    if not np.all(spread > 0):
+        return None
+    c = np.concatenate([[0.0], np.cumsum(v)])
+    c2 = np.concatenate([[0.0], np.cumsum(spread * spread)])
+    best = None
+    for i in range(v.size - min_length + 1):
+        stop = np.arange(i + min_length, v.size + 1)
+        z = (c[stop] - c[i]) / np.sqrt(c2[stop] - c2[i])
+        mean = (c[stop] - c[i]) / (stop - i)
+        ok = (np.abs(z) >= min_z) & (np.abs(mean) > min_mean) if min_z is not None else np.ones(z.size, bool)
+        if not ok.any():
+            continue
+        j = int(np.argmax(np.where(ok, np.abs(z), -1.0)))
+        if best is None or abs(z[j]) > abs(best.z):
+            best = Run(i, int(stop[j]), float(mean[j]), float(z[j]))
+    if best is None or min_z is None:
+        return best
+    start = _onset(v, spread, best.mean, best.stop)
+    if start != best.start and start < best.stop:  # the detection's z stands; the run is reported from where the offset begins
+        best = Run(start, best.stop, float((c[best.stop] - c[start]) / (best.stop - start)), best.z)
+    return best
+
+
+def _onset(v: np.ndarray, spread: np.ndarray, shift: float, stop: int) -> int:
+    """Where an offset of `shift` begins, before `stop`: the last restart of a one-sided CUSUM
+    (Gaussian log-likelihood ratio of "offset `shift`" against "no offset") before its maximum."""
+    s, best, start, best_start = 0.0, -1.0, 0, 0
+    for k in range(stop):
+        d = shift / spread[k] ** 2
+        s = s + d * (v[k] - shift / 2)
+        if s <= 0:
+            s, start = 0.0, k + 1
+        elif s > best:
+            best, best_start = s, start
+    return best_start
 
 
 HF_CUTOFF = 0.25

@@ -6,7 +6,8 @@ input values as A (so it measures computation error, not input rounding):
 
 - the prompt embedding and pad mask are A's, injected from A's capture (bf16 values upcast exactly);
 - the shared noise is drawn in A's noise dtype (bf16-rounded, then upcast), the native rule the same;
-- the sigmas are held in A's sigma dtype (the schedule is a protocol input, judged exactly).
+- the sigmas are A's schedule as A used it (after rounding to A's sigma dtype), held in fp32: the
+  same values, in a dtype an fp32 model accepts.
 
 Every pair with a reduced-precision side (`needs_oracle`) is judged against it by default (see
 `parity.tolerances`). The oracle is made once per reference capture and reused by every pair:
@@ -27,7 +28,8 @@ ORACLE_DTYPE = "float32"
 SUFFIX = ".oracle-fp32"
 REDUCED = ("bfloat16", "float16")
 INPUTS = ("A's prompt embedding and pad mask (injected, upcast exactly); noise drawn in A's noise dtype and "
-          "upcast; sigmas held in A's sigma dtype: the oracle measures computation error, not input rounding")
+          "upcast; A's sigmas as A used them (rounded), held in fp32: the oracle measures computation error, "
+          "not input rounding")
 
 
 def oracle_options(dtype: str = ORACLE_DTYPE) -> dict[str, Any]:
@@ -61,8 +63,10 @@ def make_oracle(runner, case, side: str, a_dir: Path, out_dir: Path, device: str
     """Runs `runner` (A's reference runner) for `case` with A's `options` in `dtype` into `out_dir`."""
     from parity.runner import RunRequest
 
-    return runner.run(RunRequest(case, side, out_dir, device, {**options, **oracle_options(dtype)}, prompt_from=a_dir,
-                                 purpose=purpose(a_dir, dtype)))
+    sigmas = Capture.open(a_dir).protocol.get("sigmas")
+    schedule = {"sigmas": list(sigmas), "sigma_dtype": dtype} if sigmas else {}
+    return runner.run(RunRequest(case, side, out_dir, device, {**options, **oracle_options(dtype), **schedule},
+                                 prompt_from=a_dir, purpose=purpose(a_dir, dtype)))
 
 
 def check_oracle(oracle: Capture, a: Capture) -> None:

@@ -6,7 +6,9 @@
 
 Items are named `cases/seed-official.toml::upstream-vs-script::denoise`, so a JUnit report shows
 which case and which stage broke parity; the failure message is the first divergence of that
-family with its numbers and tolerance. Both sides of a case run once, on the first item that needs
+family with its numbers and tolerance, or its distance from the fp32 oracle against A's: pairs with
+a bf16/fp16 side are judged against A's fp32 oracle, run once per case (`--parity-no-oracle`: fixed
+dtype bounds instead; see parity.oracle). Both sides of a case run once, on the first item that needs
 them. Without `--parity`, TOML files are not collected (the project's own unit tests stay separate).
 
 In parallel (pytest-xdist), one worker per GPU:
@@ -28,12 +30,13 @@ from pathlib import Path
 import pytest
 
 GROUPS = {
-    "prompt": ("prompt.embedding", "prompt.pad_mask"),
+    "prompt": ("prompt.embedding", "prompt.pad_mask", "prompt.native_embedding", "prompt.native_pad_mask"),
     "controls": ("controls.mouse", "controls.button", "controls.scroll"),
-    "noise": ("noise",),
-    "denoise": ("step.sigma", "step.input", "step.velocity", "step.update"),
+    "noise": ("noise.native", "noise"),
+    "denoise": ("step.sigma", "step.timestamp", "step.input", "step.velocity", "step.update"),
     "latent": ("latent",),
-    "cache_pass": ("cache_pass.input", "cache_pass.output"),
+    "cache_pass": ("cache_pass.sigma", "cache_pass.timestamp", "cache_pass.input", "cache_pass.output"),
+    "kv_cache": ("kv.frames", "kv.keys", "kv.values"),
     "decoded": ("decoded",),
 }
 """Test item per stage group; each group is a few stage families (see parity.tolerances.FAMILIES)."""
@@ -49,6 +52,8 @@ def pytest_addoption(parser):
     g.addoption("--parity-device", help="cpu, cuda, cuda:N (default: $DEVICE, else cuda when available)")
     g.addoption("--parity-out", help="folder for captures and summaries (default: a new reports/parity-pytest-<time>)")
     g.addoption("--parity-shard", metavar="I/N", help="run only shard I of N of the cases (sorted by name, every N-th)")
+    g.addoption("--parity-no-oracle", action="store_true",
+                help="judge pairs with a bf16/fp16 side by fixed dtype bounds instead of against A's fp32 oracle")
 
 
 _SHARED = "waypoint_parity"
@@ -167,7 +172,7 @@ class _Session:
                            text_encoder=opt("--parity-text-encoder"), fastvideo_bundle=opt("--parity-bundle"),
                            device=device)
         self.root = Path(shared["root"])
-        self.runner = CaseRunner(sides, self.root, log=lambda _msg: None)
+        self.runner = CaseRunner(sides, self.root, log=lambda _msg: None, oracle=not opt("--parity-no-oracle"))
         self.results: dict[tuple[str, str], object] = {}
 
     def run_pair(self, case, pair):

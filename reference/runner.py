@@ -169,7 +169,7 @@ class ReferenceRunner:
             latent_shape=shape, frames=case.frames, steps=len(sigmas) - 1, model_dtype=options.model_dtype,
             sigma_dtype=options.sigma_dtype, cache_pass=options.cache_pass and options.cache_mode != "none",
             prompt_shape=tuple(emb.shape), decoded_shape=budget.decoded_shape(loaded.path, shape),
-            kv_bytes=_kv_bytes(loaded.config, options.model_dtype, CapturePolicy.parse(request.capture).kv, shape))
+            kv_bytes=_kv_bytes(loaded.config, options.model_dtype, CapturePolicy.parse(request.capture).kv, shape, case.frames))
         print(budget.check_budget(estimate, request.out_dir, budget.budget_limits(request.max_capture_bytes, case.max_capture_bytes)))
         writer = resume.open_writer(request.out_dir, resume=request.resume, header={
             "side": request.side,
@@ -202,7 +202,8 @@ class ReferenceRunner:
         writer.set("alignment", {"noise": case.alignment.noise, "prompt": case.alignment.prompt, "prompt_source": prompt_source})
 
         cache = loaded.cache_class(loaded.config, 1, model_dtype) if options.cache_mode == "ring" else loaded.no_cache
-        structure.write(request.out_dir, structure.describe({"transformer": loaded.model, "vae": loaded.vae}, cache=cache))
+        if writer.policy.mode != "none":  # a bare benchmark run writes the manifest only
+            structure.write(request.out_dir, structure.describe({"transformer": loaded.model, "vae": loaded.vae}, cache=cache))
         ring = cache if options.cache_mode == "ring" else None
         writer.set("kv_layout", describe_cache(ring))
         kv = None
@@ -354,14 +355,14 @@ def _auto_map_target(vae_config: dict, path: Path) -> tuple[str, str]:
     return module, cls
 
 
-def _kv_bytes(config: dict[str, Any], dtype: str, mode: str, shape) -> int:
+def _kv_bytes(config: dict[str, Any], dtype: str, mode: str, shape, frames: int) -> int:
     import torch
 
     from parity.kv_view import kv_capture_bytes
 
     try:
         return kv_capture_bytes({**config, "tokens_per_frame": _tokens_per_frame(config, shape)},
-                                torch.empty((), dtype=getattr(torch, dtype)).element_size(), mode)
+                                torch.empty((), dtype=getattr(torch, dtype)).element_size(), mode, frames)
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
         return 0  # a config without the cache keys: the model's own cache is not one the view knows
 

@@ -150,7 +150,7 @@ def _disk_full(c: Ctx, monkeypatch) -> list:
 
 
 CASE_HEAD = "prompt = 'p'\nseed = 1\nframes = 2\n"
-BUDGET = "the capture needs about 2.2 MB for 3 frames x 4 steps (712.0 KB per frame)"
+BUDGET = "the capture needs about 3.0 MB for 3 frames x 4 steps (974.7 KB per frame)"
 
 BAD = [
     # -- snapshots: missing, partial, pickled, damaged -----------------------------------------------
@@ -236,8 +236,8 @@ BAD = [
     # -- stored captures -------------------------------------------------------------------------
     Bad("capture-other-schema", lambda c: ["compare", c.stored, c.manifest(c.capture(), lambda d: d.update(schema="other/thing"))],
         "{B}/manifest.json: not a waypoint-parity capture manifest (schema 'other/thing')"),
-    Bad("capture-newer-schema-version", lambda c: ["compare", c.stored, c.manifest(c.capture(), lambda d: d.update(schema_version=99))],
-        "{B}/manifest.json: capture schema version 99 is not supported (this harness reads versions 1, 2); re-run the capture"),
+    Bad("capture-newer-schema-version", lambda c: ["compare", c.stored, c.manifest(c.capture(), lambda d: d.update(schema_version=3))],
+        "{B}/manifest.json: capture schema version 3 is not supported (this harness reads versions 1, 2); re-run the capture"),
     Bad("capture-manifest-not-json", lambda c: ["compare", c.stored, (b := c.capture()) and (b / "manifest.json").write_text("[1,") and b],
         "{B}/manifest.json: manifest is not valid JSON (Expecting value: line 1 column 4 (char 3))"),
     Bad("capture-without-tensor-table", lambda c: ["compare", c.stored, c.manifest(c.capture(), lambda d: d.pop("tensors"))],
@@ -250,6 +250,11 @@ BAD = [
         "{B}/frames/000000.safetensors: stage f0/noise does not match its recorded sha256; the capture is corrupt"),
     Bad("capture-stage-missing-from-file", _drop_from_file,
         "{B}/frames/000000.safetensors: stage f0/latent is listed in the manifest but missing from the file"),
+    Bad("compare-oracle-and-no-oracle", lambda c: ["compare", c.stored, c.stored, "--oracle", c.stored, "--no-oracle"],
+        "--oracle and --no-oracle exclude each other"),
+    Bad("compare-oracle-of-another-run", lambda c: ["compare", (a := c.capture("A")), a, "--oracle",
+                                                      c.manifest(c.capture(), lambda d: d["case"].update(seed=7))],
+        "{B}/manifest.json: not an oracle of {tmp}/A: its seed differs"),
     Bad("compare-target-holds-a-comparison", _comparison_there,
         "{tmp}/cmp: already holds a comparison; choose another --out"),
     Bad("verify-tampered-tensor", lambda c: ["verify", _tamper(c)],
@@ -329,11 +334,11 @@ def test_budget_from_environment_and_full_disk(tiny_checkpoint, tmp_path, capsys
 
 def test_the_estimate_is_printed_and_close_to_the_real_size(tiny_checkpoint, tmp_path, capsys):
     ctx = Ctx(tmp_path, tiny_checkpoint, tmp_path)
-    assert main([str(a) for a in ctx.run(None, "--max-capture-bytes", "3MB")]) == 0
+    assert main([str(a) for a in ctx.run(None, "--max-capture-bytes", "4MB")]) == 0
     out = capsys.readouterr().out
-    assert f"capture estimate: 2.2 MB for 3 frames x 4 steps (712.0 KB per frame); limit 3.0 MB from --max-capture-bytes;" in out
+    assert f"capture estimate: 3.0 MB for 3 frames x 4 steps (974.7 KB per frame); limit 4.0 MB from --max-capture-bytes;" in out
     real = sum(p.stat().st_size for p in ctx.out.rglob("*") if p.is_file())
-    assert 0.9 < 2.2e6 / real < 1.1
+    assert 0.9 < 3.0e6 / real < 1.1
 
 
 # -- failures of the model during a run: one line naming frame, step, stage; finished frames kept ----------

@@ -133,6 +133,8 @@ def test_bisect_with_the_bad_commit_older_finds_the_fix_and_skips_the_broken_com
     assert (result.terms.old, result.terms.new) == ("broken", "fixed")
     assert result.first.subject == "config schedule again"
     assert result.before.first_divergence == "f0/step0.update"  # the commit before: still the 3-step schedule
+    assert result.criterion.first(result.before).startswith("frame 0, step 1, step.sigma")
+    assert result.criterion.first(result.after) is None
     assert [r.subject for r in result.skipped] == ["broken import"]
 
 
@@ -197,10 +199,15 @@ def test_import_fixes_fire_only_where_needed(tmp_path, monkeypatch):
         import fakefv.models.fine as fine
         import fakefv.registry as registry
 
+        assert fixer.applied == ["register_configs workload_types"]  # the alias is not used yet
         assert registry.SEEN == [("wan", (1,)), ("waypoint", ())]
-        assert base.CachableDiT is base.BaseDiT
+        from fakefv.models.base import CachableDiT
+
+        assert CachableDiT is base.BaseDiT
         assert fine.CachableDiT is not fine.BaseDiT  # present already: left alone
-        assert fixer.applied == ["CachableDiT alias", "register_configs workload_types"]
+        assert fixer.applied == ["register_configs workload_types", "CachableDiT alias"]
+        with pytest.raises(AttributeError):
+            base.NotThere
         assert not list(tmp_path.rglob("registry*.pyc"))  # rewritten code is never cached
     finally:
         for name in [m for m in sys.modules if m == "fakefv" or m.startswith("fakefv.")]:

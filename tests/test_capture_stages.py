@@ -140,3 +140,14 @@ def test_version_1_captures_open_and_their_missing_stages_are_not_divergences(sm
     assert result.passed
     assert {s.status for s in result.stages} <= {PASS, "not sampled"}
     assert FAIL not in {s.status for s in result.stages}
+
+
+def test_kv_digest_capture_keeps_statistics_per_visible_frame(small_case, tiny_checkpoint, tmp_path):
+    from parity.runner import RunRequest
+    from reference.runner import ReferenceRunner
+
+    out = ReferenceRunner(tiny_checkpoint).run(RunRequest(small_case, "upstream", tmp_path / "digest", capture="full,kv:digest"))
+    cap = Capture.open(out)
+    assert cap.manifest["capture"]["kv"] == "digest"
+    assert cap.tensor(StageKey(2, None, "kv.frames", 1)).tolist() == [0, 1, 2]
+    assert tuple(cap.tensor(StageKey(2, None, "kv.keys", 1)).shape) == (1, 2, 3, 3)  # (B, kv heads, frames, stats)

@@ -10,7 +10,8 @@ FastVideo run is its own process (one process imports one fastvideo).
   in fp32), and FastVideo's import-time log lines stay off the console.
 - 640e654f3: its `rms_norm` eps 1e-6 (upstream: the dtype epsilon of F.rms_norm) at every block, attention,
   cross-attention and the output norm; in bf16 also its noise-level MLP in bf16 (upstream keeps fp32).
-- PR head with a planted cross-attention head size of 32 or a planted rms_norm eps: exactly that.
+- PR head with a planted cross-attention head size of 32, a planted rms_norm eps, a temporal RoPE
+  spectrum 1% off (bf16), or a local window one frame short: exactly that.
 """
 
 from __future__ import annotations
@@ -47,6 +48,17 @@ PLANTS = {
     "rms_eps_1e-5": "import torch.nn.functional as F\n"
                     "import fastvideo.models.dits.waypoint_transformer as wt\n"
                     "wt.rms_norm = lambda x, eps=None: F.rms_norm(x, (x.size(-1),), eps=1e-5 if eps is None else eps)\n",
+    "local_window_minus_1": "import copy\n"
+                            "import fastvideo.models.dits.waypoint_transformer as wt\n"
+                            "init = wt.WaypointKVCache.__init__\n"
+                            "def shorter(self, config, batch_size, dtype):\n"
+                            "    config = copy.copy(config)\n"
+                            "    config.local_window -= 1\n"
+                            "    init(self, config, batch_size, dtype)\n"
+                            "wt.WaypointKVCache.__init__ = shorter\n",
+    "rope_time_1pct": "import fastvideo.models.dits.waypoint_transformer as wt\n"
+                      "lang = wt._lang_frequencies\n"
+                      "wt._lang_frequencies = lambda dim, device: lang(dim, device) * 1.01\n",
 }
 
 
@@ -129,17 +141,20 @@ def test_640e_shows_its_rms_norm_eps(upstream, precision):
     assert others == ({("denoise_step_emb", "dtype")} if precision == "bf16" else set())
 
 
-@pytest.mark.parametrize("plant, expected", [
-    ("cross_head_32", {("heads", "2", "4"), ("kv heads", "2", "4"), ("head size", "64", "32")}),
-    ("rms_eps_1e-5", None),
-])
-def test_planted_structural_bug_in_the_pr_head_is_exactly_the_difference(upstream, plant, expected):
+@pytest.mark.parametrize("plant, precision", [("cross_head_32", "fp32"), ("rms_eps_1e-5", "fp32"), ("rope_time_1pct", "bf16"),
+                                              ("local_window_minus_1", "fp32")])
+def test_planted_structural_bug_in_the_pr_head_is_exactly_the_difference(upstream, plant, precision):
     tree = _tree_or_skip("FASTVIDEO_SRC")
-    b, _ = _fastvideo(tree, upstream, "fp32", plant)
-    found = _diff(upstream, "fp32", b).differences
-    if expected is not None:
-        assert {(f.what, f.a, f.b) for f in found} == expected
+    b, _ = _fastvideo(tree, upstream, precision, plant)
+    found = _diff(upstream, precision, b).differences
+    if plant == "cross_head_32":  # not visible in the config: the split measured at the attention kernel
+        assert {(f.what, f.a, f.b) for f in found} == {("heads", "2", "4"), ("kv heads", "2", "4"), ("head size", "64", "32")}
         assert {f.where for f in found} == {"transformer.blocks.0.prompt_cross_attn", "transformer.blocks.3.prompt_cross_attn"}
-    else:
+    elif plant == "rms_eps_1e-5":  # a function default, no attribute anywhere
         assert found and {f.what for f in found} == {"norm eps"}
         assert all("1e-05" in f.b for f in found)
+    elif plant == "rope_time_1pct":  # in bf16, and still not mistaken for world_engine's bf16-rounded tables
+        assert [(f.where, f.what) for f in found] == [("transformer.blocks.0.attn.rope", "RoPE table")]
+    else:  # local layers 1 and 3 keep 2 frames upstream
+        assert [(f.label, f.what, f.a, f.b) for f in found] == [("kv_cache layer 1", "frames kept", "2", "1"),
+                                                                 ("kv_cache layer 3", "frames kept", "2", "1")]

@@ -27,7 +27,8 @@ def test_two_xdist_workers_equal_one_process_and_merge_one_index(pytester, tiny_
 
     a, b = fingerprint(pytester.path / "one"), fingerprint(pytester.path / "two")
     assert sorted(a["comparisons"]) == [("alpha", "upstream-vs-script"), ("beta", "upstream-vs-script")]
-    assert len(a["captures"]) == 4 and all(a["captures"].values())
+    assert len(a["captures"]) == 6 and all(a["captures"].values())  # upstream, script and upstream's fp32 oracle, per case
+    assert sum(name.endswith("upstream.oracle-fp32") for name in a["captures"]) == 2
     assert a == b  # same verdicts, same first divergences, bitwise the same captures
     assert devices(pytester.path / "two") == {"cpu"}
 

@@ -118,7 +118,8 @@ def test_oracle_manifest_says_what_it_is(runs):
     o = Capture.open(runs["o"])
     assert o.manifest["purpose"]["oracle_of"] == str(runs["a"])
     assert o.protocol["model_dtype"] == "float32" and o.protocol["vae_dtype"] == "float32"
-    assert o.protocol["noise_dtype"] == "bfloat16" and o.protocol["sigma_dtype"] == "bfloat16"
+    assert o.protocol["noise_dtype"] == "bfloat16"
+    assert o.protocol["sigmas"] == Capture.open(runs["a"]).protocol["sigmas"]  # A's rounded schedule, held in fp32
     assert o.protocol["prompt_source"].startswith("injected from")
 
 
@@ -139,9 +140,10 @@ def test_velocity_scaled_by_1_001_fails_at_the_first_velocity(runs, monkeypatch)
     first = result.first_divergence
     print("velocity x1.001:", first.explain())
     assert first.key == StageKey(0, 0, "step.velocity")
-    assert "gain" in first.oracle.failed and first.oracle.gain_b == pytest.approx(1e-3, rel=0.3)
+    found = first.oracle.systematic
+    assert found.component == "gain" and found.mean == pytest.approx(1e-3, rel=0.3) and found.first == "f0/step0.velocity"
     # what a norm alone sees: B is hardly further from the oracle than A
-    assert first.oracle.ratio < 3
+    assert first.oracle.ratio < 1.5
 
 
 def test_perturbed_sigma_fails_where_it_is_first_used(runs):
@@ -153,7 +155,7 @@ def test_perturbed_sigma_fails_where_it_is_first_used(runs):
     first = result.first_divergence
     print("perturbed sigma:", first.explain())
     # sigma 1 is first used as step 0's s_next, in its update; then step 1's sigma is exact and wrong
-    assert first.key == StageKey(0, 0, "step.update") and "gain" in first.oracle.failed
+    assert first.key == StageKey(0, 0, "step.update") and "systematic" in first.oracle.failed
     sigma = next(s for s in result.stages if s.key == StageKey(0, 1, "step.sigma"))
     assert sigma.rule == "exact" and not sigma.passed
 
@@ -201,4 +203,22 @@ def test_truncating_vae_fails_in_bf16_against_the_oracle(runs, monkeypatch):
     decoded = [s for s in result.stages if s.key.family == "decoded"]
     print("truncating VAE (bf16):", decoded[0].explain())
     assert result.first_divergence.key == StageKey(0, None, "decoded")
-    assert "bias" in decoded[0].oracle.failed
+    found = decoded[0].oracle.systematic
+    assert found.component == "bias" and found.mean == pytest.approx(-0.5, abs=0.1)
+
+
+def test_console_names_first_failing_and_largest_apart(runs, monkeypatch):
+    from rich.console import Console
+
+    from parity.output import print_result
+
+    _patched_load(monkeypatch, _scale_velocity(1.001))
+    result = _compare(runs, _run_b(runs, "b-scale-console"))
+    console = Console(record=True, width=250)
+    print_result(result, console)
+    text = console.export_text()
+    assert "first failing stage" in text and "largest error (B vs A)" in text and "against the fp32 oracle" in text
+    row = next(line for line in text.splitlines() if line.startswith("│ step.velocity "))
+    fam = next(f for f in result.families() if f.family == "step.velocity")
+    assert fam.first_failing.key.id == "f0/step0.velocity" and "f0/step0.velocity: systematic gain" in row
+    assert f"{fam.largest.key.id}: rel_l2" in row

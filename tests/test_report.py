@@ -61,6 +61,9 @@ def row_text(page: str, ident: str) -> str:
     return html.unescape(re.sub(r"<[^>]+>", " ", m.group(1)))
 
 
+UPSTREAM_ENCODING = {"encoder_class": "umt5", "encoder_dtype": "bfloat16", "mask_multiply": "bool", "prompt_fix_text": True}
+
+
 @pytest.fixture
 def diverging(write_case, run_side):
     """(result, a_dir, b_dir): upstream vs script on a 3-frame case whose prompt holds <script>."""
@@ -74,7 +77,9 @@ def diverging(write_case, run_side):
         buttons = [17]
     """, "xss"))
     a = run_side(case, "upstream")
-    b = run_side(case, "script", prompt_from=a)
+    # the script's protocol, but upstream's own prompt encoding: the report's first value divergence is then a
+    # model call (the script's T5 encoding would otherwise be the first, at the run level)
+    b = run_side(case, "script", prompt_from=a, options=UPSTREAM_ENCODING)
     return compare_captures(Capture.open(a), Capture.open(b)), a, b
 
 

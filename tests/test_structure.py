@@ -190,3 +190,26 @@ def test_verbose_flag_keeps_fastvideo_logging(monkeypatch):
     assert not build_parser().parse_args(["compare", "a", "b"]).verbose
     monkeypatch.setenv(logs.VERBOSE_ENV, "1")
     assert logs.verbose() and logs.write_to("/nonexistent") is None
+
+
+def test_structure_json_without_its_tables_is_one_line_naming_the_file(small_case, run_side):
+    a = run_side(small_case)
+    path = a / structure.STRUCTURE_FILE
+    data = json.loads(path.read_text())
+    del data["components"]["transformer"]["parameters"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError) as err:
+        compare_captures(Capture.open(a), Capture.open(a))
+    assert "transformer" in err.value.one_line() and str(path) in err.value.one_line()
+
+
+def test_a_component_that_could_not_be_described_is_noted_not_fatal():
+    class Broken(torch.nn.Module):
+        def state_dict(self, *args, **kwargs):
+            raise RuntimeError("planted")
+
+    desc = structure.describe({"transformer": Broken()})
+    assert desc["components"] == {} and "planted" in desc["notes"][0]
+    other = structure.describe({"transformer": torch.nn.Linear(2, 2)})
+    found = structure.diff(desc, other).findings
+    assert [f.kind for f in found] == [structure.INFO, structure.INFO]

@@ -86,7 +86,8 @@ class Repo:
         """A detached worktree of `sha` in a new temporary folder (under `parent`), removed on exit.
         With `paths`, only those paths are checked out (none for `()`)."""
         holder = Path(tempfile.mkdtemp(prefix="wp-bisect-", dir=parent))
-        tree = holder / sha[:12]
+        # a unique name: git names the worktree's admin folder after it, and two runs may test one commit
+        tree = holder / f"{sha[:12]}-{holder.name.removeprefix('wp-bisect-')}"
         try:
             if paths is not None:
                 self.git("worktree", "add", "--detach", "--no-checkout", str(tree), sha)
@@ -97,6 +98,8 @@ class Repo:
                 self.git("worktree", "add", "--detach", str(tree), sha)
             yield tree
         finally:
-            self.git("worktree", "remove", "--force", str(tree), check=False)
+            removed = subprocess.run(["git", "-C", str(self.path), "worktree", "remove", "--force", str(tree)],
+                                     capture_output=True).returncode == 0
             shutil.rmtree(holder, ignore_errors=True)
-            self.git("worktree", "prune", check=False)
+            if not removed:  # only then: a prune here could race with another run's worktree being made
+                self.git("worktree", "prune", check=False)

@@ -8,7 +8,7 @@ fix below is applied only when the module it names is imported and only when the
 | fix | module | what | why it is neutral |
 |---|---|---|---|
 | `register_configs workload_types` | `fastvideo.registry` | calls of `register_configs(...)` that lack the required `workload_types` argument get `workload_types=()` | `()` is what the later commit 364cf9136 passes for Waypoint: "not exposed as a UI workload" |
-| `CachableDiT alias` | `fastvideo.models.dits.base` | when the module has `BaseDiT` but no `CachableDiT`, `CachableDiT = BaseDiT` | the Waypoint model only subclasses it; the cache methods it had are unused by Waypoint |
+| `CachableDiT alias` | `fastvideo.models.dits.base` | when the module has `BaseDiT` but no `CachableDiT`, a lookup of `CachableDiT` (only that) answers `BaseDiT` | the Waypoint model only subclasses it; the cache methods it had are unused by Waypoint |
 
     install()          # before anything imports fastvideo; returns the Fixer (its .applied lists what fired)
 
@@ -34,8 +34,8 @@ class ImportFix:
     why: str
     rewrite: Callable[[ast.Module], bool] | None = None
     """Edits the module's tree before it runs; True when it changed something."""
-    patch: Callable[[ModuleType], bool] | None = None
-    """Patches the module after it ran; True when it changed something."""
+    patch: Callable[[ModuleType, Callable[[], None]], None] | None = None
+    """Patches the module after it ran; calls its second argument when the patch is actually used."""
 
 
 def _required_position(fn: ast.FunctionDef, name: str) -> int | None:
@@ -68,11 +68,20 @@ def _add_workload_types(tree: ast.Module) -> bool:
     return changed
 
 
-def _alias_cachable_dit(module: ModuleType) -> bool:
+def _alias_cachable_dit(module: ModuleType, fired: Callable[[], None]) -> None:
     if hasattr(module, "CachableDiT") or not hasattr(module, "BaseDiT"):
-        return False
-    module.CachableDiT = module.BaseDiT
-    return True
+        return
+    previous = getattr(module, "__getattr__", None)
+
+    def __getattr__(name):  # PEP 562: reached only for names the module lacks
+        if name == "CachableDiT":
+            fired()
+            return module.BaseDiT
+        if previous is not None:
+            return previous(name)
+        raise AttributeError(f"module {module.__name__!r} has no attribute {name!r}")
+
+    module.__getattr__ = __getattr__
 
 
 FIXES: tuple[ImportFix, ...] = (
@@ -118,8 +127,8 @@ class _FixingLoader(importlib.machinery.SourceFileLoader):
     def exec_module(self, module):
         super().exec_module(module)
         for fix in self.fixes:
-            if fix.patch is not None and fix.patch(module):
-                self.applied.append(fix.name)
+            if fix.patch is not None:
+                fix.patch(module, lambda name=fix.name: None if name in self.applied else self.applied.append(name))
 
 
 def install(fixes: tuple[ImportFix, ...] = FIXES) -> Fixer:

@@ -38,6 +38,14 @@ class Criterion:
     def describe(self) -> str:
         return "any divergence" if self.text is None else f"{self.text} diverges"
 
+    def first(self, row: "CommitRow") -> str | None:
+        """The divergence this criterion looks at, in one line: the first of any kind, or the first
+        failing stage of the criterion's family; None when there is none."""
+        if self.text is None:
+            return row.first_divergence_text
+        family = self.text if self.text in FAMILIES else StageKey.from_id(self.text).family
+        return row.family_first.get(family) if self.failed(row) else None
+
     def failed(self, row: "CommitRow") -> bool:
         """Whether a tested commit is bad by this criterion (rows keep what every criterion needs)."""
         if self.text is None:
@@ -65,6 +73,8 @@ class CommitRow:
     failed_families: list[str] = field(default_factory=list)
     failed_stages: list[str] = field(default_factory=list)
     """Ids of every stage that is not a pass."""
+    family_first: dict[str, str] = field(default_factory=dict)
+    """Per failing family, the explanation of its first failing stage."""
     config: dict[str, Any] = field(default_factory=dict)
     """Config-diff fields that differ from upstream, with this commit's value."""
     capture: str | None = None
@@ -88,19 +98,21 @@ class CommitRow:
 def commit_row(commit: str, subject: str, result) -> CommitRow:
     families: dict[str, float] = {}
     failed: list[str] = []
+    family_first: dict[str, str] = {}
     for s in result.stages:
         fam = s.key.family
         value = s.metrics.rel_l2 if s.metrics is not None else (float("inf") if not s.passed else 0.0)
         families[fam] = max(families.get(fam, 0.0), value)
         if not s.passed and fam not in failed:
             failed.append(fam)
+            family_first[fam] = s.explain()
     first = result.first_divergence
     config = {r.field: _config_value(r.field, r.b) for r in result.config
               if r.differs and r.field not in ("runner", "profile", "prompt source", "weights", "attention kernel")}
     return CommitRow(commit, subject, TESTED, verdict="PASS" if result.passed else "FAIL",
                      first_divergence=first.key.id if first else None, first_divergence_text=first.explain() if first else None,
                      families=families, failed_families=failed, config=config,
-                     failed_stages=[s.key.id for s in result.stages if not s.passed])
+                     failed_stages=[s.key.id for s in result.stages if not s.passed], family_first=family_first)
 
 
 def _config_value(name: str, value: Any) -> Any:

@@ -54,8 +54,9 @@ def table(rows: list[CommitRow]) -> dict[str, Any]:
         out.append({"cells": cells, "changed": changed, "notes": notes, "status": r.status, "row": r})
         if r.status == TESTED:
             previous = r
+    labels = ["label"] if any(r.label for r in rows) else []
     return {"families": families, "rows": out, "constant_config": constant,
-            "columns": ["commit", "subject", "verdict", "first divergence"] + varying + families}
+            "columns": ["commit", "subject"] + labels + ["verdict", "first divergence"] + varying + families}
 
 
 def _first_failing(row: CommitRow, family: str) -> str:
@@ -157,6 +158,8 @@ def bisect_summary(result) -> list[str]:
         lines.append(f"first {result.terms.new} commit: {result.first.short} {result.first.subject}")
         for name, row in (("before", result.before), ("after", result.after)):
             if row is not None:
+                if result.criterion.text is not None:
+                    lines.append(f"first {result.criterion.text} divergence {name} it ({row.short}): {result.criterion.first(row) or 'none'}")
                 lines.append(f"first divergence {name} it ({row.short}): {row.first_divergence_text or 'none'}")
     else:
         lines.append(f"skipped commits leave it open; the first {result.terms.new} commit is one of: "
@@ -170,7 +173,7 @@ def write_bisect(out: Path, result, meta: dict[str, Any]) -> dict[str, Path]:
     rows = sorted(result.rows, key=lambda r: meta.get("order", {}).get(r.commit, 0))
     view = table(rows)
     summary = bisect_summary(result)
-    data = {**meta, "criterion": result.criterion, "terms": {"old": result.terms.old, "new": result.terms.new},
+    data = {**meta, "criterion": result.criterion.describe(), "terms": {"old": result.terms.old, "new": result.terms.new},
             "old": result.old.sha, "new": result.new.sha,
             "first": {"commit": result.first.sha, "subject": result.first.subject} if result.first else None,
             "candidates": result.candidates,

@@ -118,9 +118,7 @@ class Session:
                    "upstream": str(self.upstream), **asdict(self.settings)}
             spec = {"program": self.program, "commit": commit.sha, "subject": commit.subject, "run": run}
             (folder / "spec.json").write_text(json.dumps(spec, indent=1))
-            env = dict(os.environ)
-            root = str(Path(parity.__file__).resolve().parent.parent)
-            env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+            env = _child_env()
             env.pop("FASTVIDEO_SRC", None)  # the program points it at this commit's tree
             with open(folder / "log.txt", "w") as log:
                 proc = subprocess.run([self.python, "-m", "parity.bisect.child", str(folder / "spec.json"), str(folder / "row.json")],
@@ -136,6 +134,14 @@ class Session:
             (folder / "row.json").write_text(json.dumps(row.to_dict(), indent=1))
         self.log(_one_line(row))
         return row
+
+
+def _child_env() -> dict[str, str]:
+    """This environment, with this `parity` first on the path of the processes it starts."""
+    env = dict(os.environ)
+    root = str(Path(parity.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return env
 
 
 def _one_line(row: CommitRow) -> str:
@@ -204,7 +210,7 @@ class BisectResult:
     terms: Terms
     old: Commit
     new: Commit
-    criterion: str
+    criterion: Criterion
     rows: list[CommitRow]
     """Every tested commit, in the order bisect tested them."""
     before: CommitRow | None = None
@@ -254,24 +260,23 @@ def bisect(session: Session, good: str | None, bad: str) -> BisectResult:
         repo.git("bisect", "start", "--no-checkout", "--first-parent", f"--term-old={terms.old}", f"--term-new={terms.new}",
                  new.sha, old.sha, cwd=tree)
         step = [session.python, "-m", "parity.bisect.step", str(session.out / SESSION), terms.old, terms.new]
-        env = dict(os.environ)
-        root = str(Path(parity.__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-        proc = subprocess.run(["git", "-C", str(tree), "bisect", "run", *step], capture_output=True, text=True, env=env)
+        env = _child_env()
+        # stdout is git's (parsed below); each step's progress line goes to stderr, straight through
+        proc = subprocess.run(["git", "-C", str(tree), "bisect", "run", *step], stdout=subprocess.PIPE, text=True, env=env)
         log = repo.git("bisect", "log", cwd=tree, check=False)
         repo.git("bisect", "reset", cwd=tree, check=False)
-    (session.out / "git-bisect.txt").write_text(proc.stdout + proc.stderr)
+    (session.out / "git-bisect.txt").write_text(proc.stdout)
     found = re.search(rf"^([0-9a-f]{{40}}) is the first {re.escape(terms.new)} commit", proc.stdout, re.M)
     candidates = re.findall(r"^([0-9a-f]{40})$", proc.stdout, re.M) if "only 'skip'ped commits left" in proc.stdout else []
     if found is None and not candidates:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        tail = proc.stdout.strip().splitlines()[-3:]
         raise UserError(f"git bisect run did not finish: {' / '.join(tail)}", session.out / "git-bisect.txt")
     tested = _bisect_order(log)
     rows = [r for r in (session.row(sha) for sha in [old.sha, new.sha] + tested) if r is not None]
     for r in rows:
         if r.status == TESTED:
             r.label = terms.label(criterion.failed(r))
-    result = BisectResult(repo.commit(found.group(1)) if found else None, terms, old, new, criterion.describe(), rows,
+    result = BisectResult(repo.commit(found.group(1)) if found else None, terms, old, new, criterion, rows,
                           candidates=candidates, log=log)
     if result.first is not None:
         result.after = session.row(result.first.sha)

@@ -22,6 +22,7 @@ def main(argv: list[str]) -> int:
     from parity.bisect.session import Session, Terms
 
     session = Session.load(Path(argv[0]))
+    session.log = lambda line: print(line, file=sys.stderr, flush=True)
     terms = Terms(argv[1], argv[2])
     sha = subprocess.run(["git", "rev-parse", "BISECT_HEAD"], capture_output=True, text=True).stdout.strip()
     try:

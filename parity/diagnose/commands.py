@@ -115,11 +115,12 @@ def cmd_diagnose(args) -> int:
     first_local = local.first_value_divergence
     console.print(f"first local divergence: {first_local.explain() if first_local else 'none'}")
 
+    from parity.diagnose.drilldown import drill_down, first_model_call_divergence
+
     drill = None
     fv = free.first_value_divergence
-    target = first_local or fv
+    target = first_model_call_divergence(local) or first_model_call_divergence(free)
     if target is not None and target.key.family in ("step.velocity", "step.update", "cache_pass.output"):
-        from parity.diagnose.drilldown import drill_down
 
         drill = timed("drill-down", lambda: drill_down(target.key, a, forced, args.trust_remote_code, sides.device))
         name = drill.first.name_a if drill.first else "none beyond its floor"
@@ -145,20 +146,20 @@ def cmd_diagnose(args) -> int:
 
 def cmd_drill(args) -> int:
     from parity.capture import Capture
-    from parity.output import console
+    from parity.output import console as make_console
     from parity.compare import compare_captures
-    from parity.diagnose.drilldown import drill_down, parse_stage
+    from parity.diagnose.drilldown import drill_down, first_model_call_divergence, parse_stage
     from parity.environment import default_device
 
     stage = parse_stage(args.stage) if args.stage else None  # a bad id fails before anything loads
     for path in (args.a, args.b):
         if not (path / "manifest.json").is_file():
             raise UserError("not a capture (no manifest.json)", path)
-    console = console()
+    console = make_console()
     if stage is None:
-        first = compare_captures(Capture.open(args.a), Capture.open(args.b)).first_value_divergence
+        first = first_model_call_divergence(compare_captures(Capture.open(args.a), Capture.open(args.b)))
         if first is None:
-            console.print("no value divergence between the captures; nothing to drill into (pass --stage)")
+            console.print("no model call diverges between the captures; nothing to drill into (pass --stage)")
             return 0
         stage = parse_stage(first.key.id)
     started = time.perf_counter()

@@ -154,6 +154,12 @@ def compare_records(stage: StageKey, records_a, records_b, calls: int, floor_sca
 MODEL_CALLS = ("step.velocity", "step.update", "step.input", "cache_pass.output")
 
 
+def first_model_call_divergence(result):
+    """The earliest model call whose values exceed the tolerance (what a drill-down can open), or None;
+    earlier failures at stages that are not model calls (a native prompt encoding) are skipped."""
+    return next((s for s in result.stages if s.status == "fail" and s.key.family in MODEL_CALLS), None)
+
+
 def parse_stage(text: str) -> StageKey:
     """A stage id such as `f0/step0.velocity` that names a model call; UserError otherwise."""
     try:

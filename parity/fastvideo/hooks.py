@@ -11,8 +11,10 @@ For the duration of the run only (all removed in `finally`):
   with shared noise `parity.alignment.shared_noise(seed, frame, ...)` is returned instead.
 
 Frames and steps come from what the pipeline does, never from sigma values:
-- a frame starts at its per-frame noise draw (and ends at the next one, or when the pipeline stage
-  or streaming step returns);
+- a frame starts at its per-frame noise draw (a `torch.randn` of exactly one frame's latent) and ends
+  at the next one, or when the pipeline stage or streaming step returns; a denoise call after the
+  frame's cache pass with no noise drawn in between also starts the next frame (its noise is then
+  missing, which the comparison names);
 - a model call is the cache pass when the pipeline says so: it is made inside the stage's
   `_cache_pass`, or with `update_cache=True` (640e654f3, 2e2375dc8), or while the KV cache is
   unfrozen. Only a revision that offers none of these signals falls back to `sigma == 0`;
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -122,7 +125,7 @@ class Recorder:
             return True
         if frozen_flag(kwargs.get("kv_cache")) is False:
             return True
-        if self._structural:
+        if self._structural or kwargs.get("sigma") is None:
             return False
         return bool((kwargs["sigma"] == 0).all())
 
@@ -144,6 +147,8 @@ class Recorder:
             if self.prompt is None:
                 self.prompt = (_clone(kwargs.get("prompt_emb")), _clone(kwargs.get("prompt_pad_mask")))
             call = Call({k: _clone(v) for k, v in kwargs.items() if k in CALL_KEYS}, self._is_cache_pass(kwargs))
+            if not call.cache_pass and frame.cache is not None:
+                frame = self._start_frame()  # a denoise call after the cache pass, with no noise drawn: the next frame
             if call.cache_pass:
                 if frame.cache is None:
                     frame.cache = call
@@ -167,7 +172,8 @@ class Recorder:
 
         def randn(*size, **kwargs):
             shape = tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)) else tuple(size)
-            if not (len(shape) >= 3 and tuple(shape[-3:]) == latent_tail and kwargs.get("out") is None):
+            if not (len(shape) >= 3 and tuple(shape[-3:]) == latent_tail and math.prod(shape) == math.prod(self.latent_shape)
+                    and kwargs.get("out") is None):
                 return original_randn(*size, **kwargs)
             frame = self._start_frame()
             native = original_randn(*size, **kwargs)  # the port's own draw, from whatever RNG it chose

@@ -471,7 +471,7 @@ def _structure_entry(result: ComparisonResult) -> dict[str, Any] | None:
         return None
     return {"available": diff.available, "note": diff.note, "matched": diff.matched,
             "differing": len(diff.differences),
-            "rows": [{"kind": f.kind, "where": f"{f.component} {f.where}".strip(), "what": f.what, "a": f.a, "b": f.b,
+            "rows": [{"kind": f.kind, "where": f.label, "what": f.what, "a": f.a, "b": f.b,
                       "how": f.how, "count": n} for f, n in diff.grouped()]}
 
 

@@ -1,0 +1,66 @@
+"""The rule table, the scan for steady offsets, and numbers that never read like their bound."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from parity.metrics import compare_arrays, strongest_run
+from parity.numbers import vs
+from parity.tolerances import DTYPE, EXACT, ORACLE, default_tolerance, stage_rule
+
+
+@pytest.mark.parametrize("value, bound", [(0.010043, 0.01), (0.0100001, 0.01), (1.0000001, 1.0), (8.01, 8.0), (0.00999, 0.01)])
+def test_a_value_never_reads_like_a_different_bound(value, bound):
+    shown, allowed = vs(value, bound)
+    assert shown != allowed and float(shown) != float(allowed)
+    assert len(allowed) <= len(shown) + 1
+
+
+@pytest.mark.parametrize("family, a, b, oracle, rule", [
+    ("step.sigma", "bfloat16", "bfloat16", True, EXACT),
+    ("controls.mouse", "bfloat16", "float32", True, EXACT),
+    ("prompt.pad_mask", "bool", "bool", True, EXACT),
+    ("noise", "bfloat16", "bfloat16", True, EXACT),          # shared noise, same dtype
+    ("noise", "bfloat16", "float32", True, DTYPE),
+    ("prompt.embedding", "bfloat16", "bfloat16", True, DTYPE),  # the oracle holds A's own: an input
+    ("step.velocity", "bfloat16", "bfloat16", True, ORACLE),
+    ("step.velocity", "bfloat16", "bfloat16", False, DTYPE),
+    ("step.velocity", "float32", "bfloat16", True, DTYPE),  # A finer than B: A is nearly an oracle
+    ("decoded", "bfloat16", "float32", True, ORACLE),
+    # families added later by the capture format: names and dtypes decide
+    ("cache_pass.sigma", "bfloat16", "bfloat16", True, EXACT),
+    ("timestamps", "int64", "int64", True, EXACT),
+    ("kv_cache.keys", "bfloat16", "bfloat16", True, ORACLE),
+    ("kv_cache.keys", "bfloat16", "bfloat16", False, DTYPE),
+])
+def test_rule_table(family, a, b, oracle, rule):
+    assert stage_rule(family, a, b, oracle=oracle) == rule
+
+
+def test_decoded_bounds_follow_the_vae_dtypes():
+    fp32 = default_tolerance("decoded", "float32", "float32")
+    assert fp32.max_abs == 1 and fp32.max_changed_fraction == 0.01 and fp32.bias_floor == 0.05
+    assert default_tolerance("decoded", "bfloat16", "float32").max_abs == 8
+
+
+def test_signed_components():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal(100_000)
+    m = compare_arrays(a, a * 1.001)
+    assert m.gain == pytest.approx(1e-3, rel=1e-6) and m.gain_sigma < 1e-9
+    m = compare_arrays(a, a + 1e-3 * rng.standard_normal(a.size))
+    assert abs(m.gain) < 6 * m.gain_sigma and m.gain_sigma == pytest.approx(1e-3 / np.sqrt(a.size), rel=0.05)
+    m = compare_arrays(a, a - 0.5)
+    assert m.bias == pytest.approx(-0.5) and m.changed_fraction == 1.0
+
+
+def test_scan_finds_where_a_steady_offset_begins():
+    rng = np.random.default_rng(1)
+    noise = rng.standard_normal(200)
+    assert strongest_run(noise, min_z=6.0) is None  # rounding-like wandering: nothing steady
+    shifted = noise.copy()
+    shifted[120:] += 1.5
+    run = strongest_run(shifted, min_z=6.0)
+    assert run is not None and 115 <= run.start <= 125 and run.mean > 1.0
+    assert strongest_run(shifted, min_z=6.0, min_mean=5.0) is None  # steady, but below the floor
