@@ -443,7 +443,7 @@ def test_fastvideo_loader_choice():
     from parity.fastvideo.loaders import use_fastvideo_loader
     from parity.fastvideo.options import parse_options
 
-    head, old = Generation("stages", "extra", "n"), Generation("streaming", "context", "n")
+    head, old = Generation("stages", "extra"), Generation("streaming", "context")
     auto = parse_options({}, None)
     assert use_fastvideo_loader(auto, "cuda", head) == (True, "auto: CUDA")
     assert use_fastvideo_loader(auto, "cpu", head)[0] is False
