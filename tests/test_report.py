@@ -111,7 +111,8 @@ def test_overview_states_verdict_first_divergence_model_and_escapes_the_prompt(d
     differs = {name for cls, name in rows if cls == "differs"}
     same = {name for cls, name in rows if not cls}
     assert {"cache pass", "profile"} <= differs
-    assert {"prompt source", "encoder class"} <= {name for cls, name in rows if cls == "designed"}
+    assert {"prompt source", "native noise rule"} <= {name for cls, name in rows if cls == "designed"}
+    assert "encoder class" in same  # B was given upstream's own encoder (UPSTREAM_ENCODING)
     assert {"seed", "steps", "prompt"} <= same
     assert "Structure:" in element_text(page, "structure-answer")
     # one stage-table row per family, each linking to a detail page that exists

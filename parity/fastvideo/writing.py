@@ -59,7 +59,10 @@ class FrameWriter:
             if fr.noise_native is not None:
                 out["noise.native"] = fr.noise_native
                 out.note(native_noise.NOTE, fr.noise_note)
-                out["noise"] = fr.noise
+                # `noise` is what the first step was given (the capture format's definition): a port that
+                # changes its draw before denoising is then named at the noise, not one stage later
+                given = fr.steps[0].inputs["x"] if fr.steps else None
+                out["noise"] = given.reshape(fr.noise.shape) if given is not None and given.numel() == fr.noise.numel() else fr.noise
             for i, st in enumerate(fr.steps):
                 nxt = fr.steps[i + 1].inputs["x"] if i + 1 < len(fr.steps) else final
                 out[f"step{i}.sigma"] = st.inputs["sigma"].reshape(-1)[0]
