@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -115,7 +116,7 @@ def upstream(arch_ckpt, case_file, tmp_path_factory):
 
 
 def _run_fastvideo(tree: str | None, precision: str, arch_ckpt, case_file, prompt_from: Path, out: Path,
-                   bug: str | None = None, options: tuple[str, ...] = ()) -> Path:
+                   bug: str | None = None, options: tuple[str, ...] = (), capture: str = "full") -> Path:
     """A FastVideo capture in a subprocess; `bug` names a porting bug of tests/fastvideo_bugs.py planted in it."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if tree is not None:
@@ -124,7 +125,8 @@ def _run_fastvideo(tree: str | None, precision: str, arch_ckpt, case_file, promp
         sys.executable, "-c", "from tests.fastvideo_bugs import main; main()", bug]
     cmd = prefix + ["run", str(case_file), "--side", "fastvideo", "--device", DEVICE,
                     "--snapshot", str(arch_ckpt["snapshot"]), "--fastvideo-bundle", str(arch_ckpt["bundle"]),
-                    "--prompt-from", str(prompt_from), "-o", str(out), "--option", f"precision={precision}"]
+                    "--prompt-from", str(prompt_from), "-o", str(out), "--option", f"precision={precision}",
+                    "--capture", capture]
     for option in options:
         cmd += ["--option", option]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900,
@@ -522,10 +524,11 @@ def test_real_size_upstream_vs_fastvideo_on_the_gpu(needs_both, tmp_path):
 
     paths = make_waypoint_checkpoint(tmp_path / "real", size="real", device=DEVICE)
     case_path = tmp_path / "real4.toml"
-    case_path.write_text(textwrap.dedent(CASE).replace("frames = 20", "frames = 4").replace("frames = [5, 12]", "frames = [2, 4]"))
+    # 4 frames; at this size the full KV cache is ~0.46 GB a frame, so both sides keep KV digests
+    case_path.write_text(re.sub(r"(?m)^(\s*)frames = \d+$", r"\1frames = 4", textwrap.dedent(CASE)).replace("frames = [5, 12]", "frames = [2, 4]"))
     up = ReferenceRunner(paths["snapshot"], code_source="world_engine").run(
-        RunRequest(load_case(case_path), "upstream", tmp_path / "up", DEVICE, {"compile_mode": "default"}))
-    fv = _run_fastvideo(None, "bf16", paths, case_path, up, tmp_path / "fv")
+        RunRequest(load_case(case_path), "upstream", tmp_path / "up", DEVICE, {"compile_mode": "default"}, capture="full,kv:digest"))
+    fv = _run_fastvideo(None, "bf16", paths, case_path, up, tmp_path / "fv", capture="full,kv:digest")
     from parity import oracle
     from parity.capture import Capture
 
