@@ -11,6 +11,19 @@ import torch
 torch.set_num_threads(1)  # CPU timings and results stay stable on 2-core CI machines
 
 
+def fastvideo_requirements() -> str | None:
+    """Why the FastVideo-vs-world_engine tests cannot run here (None when both are available)."""
+    from reference.world_engine_code import world_engine_status
+
+    ok, why = world_engine_status()
+    if not ok:
+        return why
+    from parity.fastvideo import fastvideo_src_status
+
+    ok, why = fastvideo_src_status()
+    return None if ok else why
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """The built-in random-weight checkpoint, generated once per session."""

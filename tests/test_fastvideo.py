@@ -32,6 +32,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import fastvideo_requirements
+
 from parity.errors import UserError
 
 pytestmark = pytest.mark.fastvideo
@@ -56,21 +58,9 @@ DEVICE = os.environ.get("WAYPOINT_PARITY_TEST_DEVICE", "cpu")
 """Both sides run here; GPU CI sets cuda (CUDA generators, bf16 kernels, FastVideo's own attention)."""
 
 
-def _requirements() -> str | None:
-    from reference.world_engine_code import world_engine_status
-
-    ok, why = world_engine_status()
-    if not ok:
-        return why
-    from parity.fastvideo import fastvideo_src_status
-
-    ok, why = fastvideo_src_status()
-    return None if ok else why
-
-
 @pytest.fixture(scope="module")
 def needs_both():
-    why = _requirements()
+    why = fastvideo_requirements()
     if why:
         print(f"skipping FastVideo parity tests: {why}")
         pytest.skip(why)

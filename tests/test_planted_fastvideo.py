@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+
+from tests.conftest import fastvideo_requirements
 import torch
 
 pytestmark = pytest.mark.fastvideo
@@ -659,21 +661,9 @@ BUGS = [
 
 
 # -- fixtures -----------------------------------------------------------------------------------------
-def _requirements() -> str | None:
-    from reference.world_engine_code import world_engine_status
-
-    ok, why = world_engine_status()
-    if not ok:
-        return why
-    from parity.fastvideo import fastvideo_src_status
-
-    ok, why = fastvideo_src_status()
-    return None if ok else why
-
-
 @pytest.fixture(scope="module")
 def fv():
-    why = _requirements()
+    why = fastvideo_requirements()
     if why:
         pytest.skip(why)
     from parity.fastvideo import import_fastvideo
