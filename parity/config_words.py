@@ -41,12 +41,10 @@ def _native_noise(m: dict) -> Any:
         return inner.group(1)
     if manifest_value(m, "alignment.noise") != "shared":
         return rule or None
+    from parity.native_noise import RULES
+
     option = manifest_value(m, "options.noise_rule")  # reference captures before the field
-    if option == "per_frame_generator":
-        return "native: Generator(device).manual_seed(seed + frame)"
-    if option == "global":
-        return "native: torch.manual_seed(seed) once, global RNG per frame"
-    return None
+    return f"native: {RULES[option]}" if option in RULES else None
 
 
 def _attention(m: dict) -> Any:

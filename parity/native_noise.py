@@ -22,8 +22,8 @@ from __future__ import annotations
 from typing import Any
 
 RULES = {
-    "global": "torch.manual_seed(seed) once, then the global RNG frame after frame",
-    "per_frame_generator": "Generator(device).manual_seed(seed + frame) per frame",
+    "global": "torch.manual_seed(seed) once, global RNG per frame",
+    "per_frame_generator": "Generator(device).manual_seed(seed + frame)",
 }
 NOTE = "noise.native"
 

@@ -376,9 +376,7 @@ def _tokens_per_frame(config: dict[str, Any], shape) -> int:
 
 
 def _native_noise_rule(options: ReferenceOptions) -> str:
-    if options.noise_rule == "per_frame_generator":
-        return "native: Generator(device).manual_seed(seed + frame)"
-    return "native: torch.manual_seed(seed) once, global RNG per frame"
+    return f"native: {native_noise.RULES[options.noise_rule]}"
 
 
 def _sdpa_backend(name: str):
