@@ -294,6 +294,11 @@ class CapturePolicy:
         return {"mode": self.mode, "every": self.every, "sampled_families": list(SAMPLED_FAMILIES) if self.mode == "every" else [],
                 "kv": self.kv}
 
+    def text(self) -> str:
+        """The `--capture` text that parses back to this policy."""
+        head = f"every:{self.every}" if self.mode == "every" else self.mode
+        return head if self.kv == "full" else f"{head},kv:{self.kv}"
+
     @classmethod
     def from_manifest(cls, manifest: dict) -> "CapturePolicy":
         d = manifest.get("capture") or {}

@@ -32,11 +32,15 @@ INPUTS = ("A's prompt embedding and pad mask (injected, upcast exactly); noise d
           "not input rounding")
 
 
-def oracle_options(dtype: str = ORACLE_DTYPE) -> dict[str, Any]:
-    """Option overrides that turn a reference side into its oracle (inputs' dtypes are kept)."""
+def oracle_options(dtype: str = ORACLE_DTYPE, compile_mode: str = "none") -> dict[str, Any]:
+    """Option overrides that turn a reference side into its oracle (inputs' dtypes are kept).
+
+    Eager by default. `compile_mode` is for long real-size runs: world_engine's eager flex attention is
+    PyTorch's unfused fallback (~1.6 s a frame at Waypoint-1-Small's size on an H200), while a compiled
+    fp32 model stays ~1e-6 from the eager one, four orders below the bf16 errors it judges."""
     # world_engine's inference patches are bf16 lookup tables (same math as the plain model): the oracle runs
     # the plain model in fp32
-    return {"model_dtype": dtype, "vae_dtype": dtype, "decode_input_dtype": "model", "compile_mode": "none",
+    return {"model_dtype": dtype, "vae_dtype": dtype, "decode_input_dtype": "model", "compile_mode": compile_mode,
             "world_engine_setup": "none"}
 
 
@@ -59,14 +63,19 @@ def purpose(a_dir: Path, dtype: str = ORACLE_DTYPE) -> dict[str, Any]:
 
 
 def make_oracle(runner, case, side: str, a_dir: Path, out_dir: Path, device: str, options: dict[str, Any],
-                dtype: str = ORACLE_DTYPE) -> Path:
-    """Runs `runner` (A's reference runner) for `case` with A's `options` in `dtype` into `out_dir`."""
+                dtype: str = ORACLE_DTYPE, compile_mode: str = "none") -> Path:
+    """Runs `runner` (A's reference runner) for `case` with A's `options` in `dtype` into `out_dir`,
+    capturing what A captured (its `every:K` and KV policy: a full KV view of a real-size run is
+    ~0.46 GB a frame, and stages A did not keep cannot be judged anyway)."""
+    from parity.capture import CapturePolicy
     from parity.runner import RunRequest
 
-    sigmas = Capture.open(a_dir).protocol.get("sigmas")
+    a = Capture.open(a_dir)
+    sigmas = a.protocol.get("sigmas")
     schedule = {"sigmas": list(sigmas), "sigma_dtype": dtype} if sigmas else {}
-    return runner.run(RunRequest(case, side, out_dir, device, {**options, **oracle_options(dtype), **schedule},
-                                 prompt_from=a_dir, purpose=purpose(a_dir, dtype)))
+    return runner.run(RunRequest(case, side, out_dir, device, {**options, **oracle_options(dtype, compile_mode), **schedule},
+                                 prompt_from=a_dir, purpose=purpose(a_dir, dtype),
+                                 capture=CapturePolicy.from_manifest(a.manifest).text()))
 
 
 def check_oracle(oracle: Capture, a: Capture) -> None:
@@ -76,7 +85,8 @@ def check_oracle(oracle: Capture, a: Capture) -> None:
             raise UserError(f"not an oracle of {a.run_dir}: its {key.split('.', 1)[1]} differs", oracle.run_dir / "manifest.json")
 
 
-def oracle_for(a: Capture, out_dir: Path | None = None, trust_remote_code: bool = False, device: str | None = None) -> Path:
+def oracle_for(a: Capture, out_dir: Path | None = None, trust_remote_code: bool = False, device: str | None = None,
+               compile_mode: str = "none") -> Path:
     """The oracle of a stored reference capture, made from what A's manifest records (snapshot,
     code source, profile, resolved options, case), at `out_dir` (default: beside A). Reused when
     it is already there."""
@@ -98,7 +108,7 @@ def oracle_for(a: Capture, out_dir: Path | None = None, trust_remote_code: bool 
                              code_source=manifest_value(a.manifest, "runner.code_source") or "snapshot")
     options = {k: v for k, v in (a.manifest.get("options") or {}).items()}
     return make_oracle(runner, case_from_manifest(a), a.manifest.get("side", "upstream"), a.run_dir, out_dir,
-                       device or _device(a), options)
+                       device or _device(a), options, compile_mode=compile_mode)
 
 
 def case_from_manifest(a: Capture):

@@ -123,6 +123,24 @@ def test_oracle_manifest_says_what_it_is(runs):
     assert o.protocol["prompt_source"].startswith("injected from")
 
 
+def test_oracle_captures_what_a_captured(runs, tmp_path):
+    """A sampled capture with KV digests (how real-size runs are captured) gets an oracle of the same
+    policy: a full KV view of every frame would be ~0.46 GB a frame at Waypoint-1-Small's size."""
+    from parity import oracle
+    from parity.runner import RunRequest
+    from reference.runner import ReferenceRunner
+
+    a = ReferenceRunner(runs["ckpt"]).run(RunRequest(runs["case"], "upstream", tmp_path / "a", "cpu", capture="every:2,kv:digest"))
+    o = Capture.open(oracle.oracle_for(Capture.open(a)))
+    assert o.manifest["capture"] == Capture.open(a).manifest["capture"]
+    assert {k.id for k in o.keys()} == {k.id for k in Capture.open(a).keys()}
+    b = ReferenceRunner(runs["ckpt"]).run(RunRequest(runs["case"], "upstream", tmp_path / "b", "cpu", dict(OTHER_KERNEL),
+                                                      prompt_from=a, capture="every:2,kv:digest"))
+    result = compare_captures(Capture.open(a), Capture.open(b), oracle=o)
+    assert result.passed, result.first_divergence.explain()
+    assert any(s.rule == "oracle" and s.key.frame == 2 and s.key.family == "step.velocity" for s in result.stages)
+
+
 def test_correct_bf16_side_passes_against_the_oracle(runs):
     result = _compare(runs, runs["b"])
     print("correct side:", _report(result))
