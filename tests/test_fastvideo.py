@@ -446,6 +446,14 @@ def test_fastvideo_loader_choice():
     assert auto["offload"] == "example"
     with pytest.raises(UserError, match="option 'offload' must be example, defaults or off"):
         parse_options({"offload": "gpu"}, None)
+    assert auto["compile"] == "off"
+    compiled = parse_options({"compile": "on"}, None)
+    assert use_fastvideo_loader(compiled, "cuda", head) == (True, "auto: CUDA")
+    for device, opts in (("cpu", compiled), ("cuda", {**compiled, "loader": "direct"})):
+        with pytest.raises(UserError, match="compile=on is FastVideo's own compile"):
+            use_fastvideo_loader(opts, device, head)
+    with pytest.raises(UserError, match="option 'compile' must be off or on"):
+        parse_options({"compile": "max-autotune"}, None)
 
 
 @pytest.mark.skipif(not DEVICE.startswith("cuda"), reason="FastVideo's own loaders need CUDA (set WAYPOINT_PARITY_TEST_DEVICE=cuda)")

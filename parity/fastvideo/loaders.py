@@ -58,6 +58,9 @@ def use_fastvideo_loader(opts: dict[str, Any], device: str, generation: Generati
     the older streaming revisions and the CPU keep the direct build."""
     choice = opts.get("loader", "auto")
     cuda = str(device).startswith("cuda")
+    if opts.get("compile") == "on" and (choice == "direct" or not cuda):
+        raise UserError("option compile=on is FastVideo's own compile (enable_torch_compile), applied by its loader: "
+                        "it needs a CUDA device and loader auto or fastvideo")
     if choice == "fastvideo":
         if not cuda:
             raise UserError("option loader=fastvideo needs a CUDA device (FastVideo's loaders choose cuda:LOCAL_RANK "
@@ -89,6 +92,8 @@ def load_with_fastvideo(bundle: Path, opts: dict[str, Any], device: str, generat
     from fastvideo.pipelines import build_pipeline
 
     kwargs: dict[str, Any] = {"num_gpus": 1, **OFFLOAD_KWARGS[opts.get("offload", "example")]}
+    if opts.get("compile") == "on":
+        kwargs["enable_torch_compile"] = True
     args = generator_config_to_fastvideo_args(legacy_from_pretrained_to_config(str(bundle), kwargs))
     pc = args.pipeline_config
     config = snap.read_json(bundle / "transformer" / "config.json")

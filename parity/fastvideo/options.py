@@ -10,6 +10,8 @@
   the GPU, DiT and text encoder offloaded as it asks), "defaults" (`VideoGenerator`'s bare defaults,
   whose CPU-resident VAE the Waypoint decoding stage does not move: decoding fails) or "off"
   (everything on the GPU); only FastVideo's loader reads it
+- `compile`: "off" (default, as FastVideo's example runs) or "on" (`enable_torch_compile=True`: FastVideo's
+  `post_init` wraps the transformer in `torch.compile`); FastVideo's loader only
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 from parity.errors import UserError
 
-OPTION_KEYS = ("precision", "vae_precision", "sigmas", "attention", "loader", "offload")
+OPTION_KEYS = ("precision", "vae_precision", "sigmas", "attention", "loader", "offload", "compile")
 PRECISIONS = {"bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}
 
 
@@ -26,7 +28,7 @@ def parse_options(raw: dict[str, Any], source) -> dict[str, Any]:
     from reference.options import check_schedule
 
     out: dict[str, Any] = {"precision": None, "vae_precision": None, "sigmas": None, "attention": "auto", "loader": "auto",
-                           "offload": "example"}
+                           "offload": "example", "compile": "off"}
     for key, value in raw.items():
         if key not in OPTION_KEYS:
             raise UserError(f"unknown FastVideo option {key!r}; known: {', '.join(OPTION_KEYS)}", source)
@@ -47,6 +49,8 @@ def parse_options(raw: dict[str, Any], source) -> dict[str, Any]:
             raise UserError(f"option 'loader' must be auto, fastvideo or direct, got {value!r}", source)
         elif key == "offload" and value not in ("example", "defaults", "off"):
             raise UserError(f"option 'offload' must be example, defaults or off, got {value!r}", source)
+        elif key == "compile" and value not in ("off", "on"):
+            raise UserError(f"option 'compile' must be off or on, got {value!r}", source)
         out[key] = value
     return out
 
