@@ -7,16 +7,17 @@ bf16 weights, drawn on the GPU), both sides bf16, shared noise and prompt. Steps
 to DIR/summary.json as soon as it ends (a step that fails records its error; later steps still run):
 1. checkpoint (or --checkpoint)                    -> seconds to write both layouts
 2. parity, fully captured (KV caches as statistics, `kv:digest`: full K/V is ~0.46 GB a frame at this
-   size): upstream --full frames, FastVideo the same, compared
-3. parity, long: upstream --frames frames with `every:K` capture, FastVideo the same frames, compared;
-   compare + summary + HTML report time against both sides' generation time
+   size): upstream --full frames, FastVideo the same, judged against the fp32 oracle (eager)
+3. parity, long: upstream --frames frames with `every:K` capture, FastVideo the same frames, judged
+   against the fp32 oracle (compiled: eager world_engine is ~1.6 s a frame at this size); compare +
+   summary + HTML report time against both sides' generation time
 4. upstream cost: the harness's loop without capture vs a bare loop over the same modules (no
    harness code), eager; then >= 50 frames alternating captured / not captured in one loop, each
    frame timed with CUDA events -> capture overhead ratio with its spread (stages only: the KV view
    is not captured in this loop)
-5. FastVideo cost: FastVideo's own stage loop over the loaded pipeline, bare vs under the harness's hooks
-6. peak GPU memory of each side and of the two-sided process
-7. compiled upstream (torch.compile default) harness loop vs bare loop
+5. FastVideo cost: FastVideo's own stage loop over the loaded pipeline, bare vs under the harness's hooks,
+   as its example runs it and with its own compile (`enable_torch_compile`)
+6. peak GPU memory of each side (net of what was allocated before it) and of the two-sided process
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ def main() -> int:
     p.add_argument("--full", type=int, default=16)
     p.add_argument("--alternate", type=int, default=60, help="frames of the alternating captured / bare loop")
     p.add_argument("--bare-frames", type=int, default=40)
+    p.add_argument("--eager-frames", type=int, default=8, help="frames per loop of the eager upstream cost step (no alternation)")
+    p.add_argument("--oracle", default="full,long", help="which parity steps get the fp32 oracle verdict: full, long, both or none")
     p.add_argument("--skip", default="", help="comma-separated step names to leave out")
     p.add_argument("--device", default="cuda")
     p.add_argument("--up-opt", action="append", default=[], metavar="KEY=VALUE",
@@ -95,7 +98,7 @@ def main() -> int:
 
     @step("checkpoint")
     def _():
-        if args.checkpoint:
+        if args.checkpoint and (ckpt / "overworld").is_dir() and (ckpt / "fastvideo").is_dir():
             return {"reused": str(ckpt)}
         from parity.tiny.waypoint_arch import make_waypoint_checkpoint
 
@@ -137,13 +140,23 @@ def main() -> int:
         return out, {"wall_s": round(time.perf_counter() - t0, 2), "generation_s": m.get("elapsed_s"),
                      "setup": m.get("setup"), "attention": m["fastvideo"].get("attention")}
 
-    def compare(a, b, name, report=True):
+    oracle_steps = set(args.oracle.replace("both", "full,long").split(","))
+
+    def compare(a, b, name, report=True, oracle_compile="none"):
+        from parity import oracle
         from parity.capture import Capture
         from parity.compare import compare_captures
         from parity.output import summary_dict, write_outputs
 
+        o, oracle_info = None, None
+        if name.removeprefix("cmp-") in oracle_steps:
+            t0 = time.perf_counter()
+            o = Capture.open(oracle.oracle_for(Capture.open(a), compile_mode=oracle_compile))
+            ft = o.manifest.get("frame_times_s") or []
+            oracle_info = {"wall_s": round(time.perf_counter() - t0, 2), "generation_s": round(sum(ft), 3),
+                           "compile_mode": oracle_compile}
         t0 = time.perf_counter()
-        result = compare_captures(Capture.open(a), Capture.open(b))
+        result = compare_captures(Capture.open(a), Capture.open(b), oracle=o)
         write_outputs(result, args.out / name)
         compare_s = time.perf_counter() - t0
         report_s = 0.0
@@ -163,7 +176,13 @@ def main() -> int:
         for st in result.stages:
             if st.metrics is not None:
                 worst[st.key.family] = max(worst.get(st.key.family, 0.0), st.metrics.rel_l2)
-        return {"verdict_bf16_bounds": summary_dict(bounded)["verdict"],
+        ratios: dict = {}
+        for st in result.stages:
+            if st.oracle is not None and st.oracle.err_a > 0:
+                ratios[st.key.family] = max(ratios.get(st.key.family, 0.0), round(st.oracle.ratio, 4))
+        return {"oracle": oracle_info, "largest_oracle_ratio": ratios,
+                "failing": [st.explain() for st in result.stages if not st.passed][:12],
+                "verdict_bf16_bounds": summary_dict(bounded)["verdict"],
                 "first_value_divergence_bf16_bounds": (summary_dict(bounded)["first_value_divergence"] or {}).get("explanation"),
                 "verdict": s["verdict"], "first_divergence": (s["first_divergence"] or {}).get("explanation"),
                 "first_value_divergence": (s["first_value_divergence"] or {}).get("explanation"),
@@ -174,27 +193,28 @@ def main() -> int:
 
     @step("parity_full")
     def _():
-        _reset_peak(device)
+        base = _reset_peak(device)
         up, a = upstream("up-full", args.full, options=up_opts)
-        peaks["upstream"] = _peak(device)
-        _reset_peak(device)
+        peaks["upstream"] = _peak(device) - base
+        base = _reset_peak(device)
         try:
             fv, b = fastvideo("fv-full", args.full, up)
         except Exception as exc:  # keep the upstream figures
             return {"upstream": a, "fastvideo_error": f"{type(exc).__name__}: {exc}"}
-        peaks["fastvideo"] = _peak(device)
+        peaks["fastvideo"] = _peak(device) - base
         return {"upstream": a, "fastvideo": b, "compare": compare(up, fv, "cmp-full")}
 
     @step("parity_long")
     def _():
-        _reset_peak(device)
+        base = _reset_peak(device)
         up, a = upstream("up-long", args.frames, capture=f"every:{args.every},kv:digest", options=up_opts)
         try:
             fv, b = fastvideo("fv-long", args.frames, up, options=fv_long, capture=f"every:{args.every},kv:digest")
         except Exception as exc:  # keep the upstream figures
             return {"upstream": a, "fastvideo_error": f"{type(exc).__name__}: {exc}"}
-        peaks["two_sided"] = _peak(device)  # nothing freed by hand between sides
-        c = compare(up, fv, "cmp-long")
+        # both sides in one process, nothing freed by hand between them (the runners free their own)
+        peaks["two_sided"] = _peak(device) - base
+        c = compare(up, fv, "cmp-long", oracle_compile=up_opts.get("compile_mode", "none"))
         gen = a["generation_s"] + (b["generation_s"] or 0)
         c["compare_plus_report_over_generation"] = round((c["compare_s"] + c["report_s"]) / gen, 4) if gen else None
         return {"upstream": a, "fastvideo": b, "compare": c}
@@ -213,21 +233,28 @@ def main() -> int:
     def _():
         return fastvideo_cost(bundle, case, device, args.bare_frames, fv_long)
 
+    @step("fastvideo_cost_compiled")
+    def _():
+        return fastvideo_cost(bundle, case, device, args.bare_frames, {**fv_long, "compile": "on"})
+
     @step("upstream_cost")
     def _():
-        return upstream_cost(snapshot, case, device, args.bare_frames, args.alternate, args.out, compile_mode="none")
+        return upstream_cost(snapshot, case, device, args.eager_frames, 0, args.out, compile_mode="none")
 
     print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "trace"} for k, v in summary["steps"].items()}, indent=1, default=str)[-6000:])
     return 0
 
 
-def _reset_peak(device) -> None:
+def _reset_peak(device) -> float:
+    """Frees what can be freed and restarts the peak count; returns what is still allocated (GiB)."""
     import torch
 
     gc.collect()
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device) / 2**30
+    return 0.0
 
 
 def _peak(device) -> float:
@@ -376,8 +403,10 @@ def fastvideo_cost(bundle, case, device, frames, options=None):
     from parity.fastvideo.build import build_modules, make_pipeline
     from types import SimpleNamespace
 
+    from parity.fastvideo.loaders import use_fastvideo_loader
+
     with cpu_attention(device, "auto", generation):
-        if device.startswith("cuda"):
+        if use_fastvideo_loader(opts, device, generation)[0]:
             built = load_with_fastvideo(bundle, opts, device, generation)
         else:  # CPU smoke test of this script: the direct build
             built = build_modules(bundle, opts, device, generation)

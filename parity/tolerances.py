@@ -36,6 +36,7 @@ Every stage is judged by one of three rules (`stage_rule` picks it):
 | float16          | 2e-3   | 1e-2    | 10-bit mantissa                                           |
 | bfloat16         | 1e-2   | 0.125   | 8-bit mantissa: one ulp is 2^-8 relative, a few ulps adds up |
 | native prompt, bf16 vs fp32 | 5e-2 | 0.5 | a whole encoder in bf16 vs one in fp32 (see `_ENCODERS_APART`) |
+| KV keys / values, bf16 or fp16 | 5e-2 | any | intermediate tensors: never judged by the oracle (see `_KV_REDUCED`) |
 
 Integers and bools (timestamps, masks, visible KV frames) and the cache pass's sigma (0 in any dtype)
 are exact or wrong.
@@ -142,6 +143,17 @@ _EXACT_WORDS = ("sigma", "timestamp", "mask", "controls.")
 """Families added later (cache-pass sigma, timestamps, ...) whose names say they are protocol inputs."""
 INPUT_FAMILIES = frozenset({"prompt.embedding", "noise", "prompt.native_embedding", "noise.native"})
 """Inputs: the oracle receives A's values, so it cannot judge B's; the dtype rule does."""
+KV_FAMILIES = frozenset({"kv.keys", "kv.values"})
+"""The cache's keys and values (or their digests): judged by the dtype rule, never the oracle. They are
+tensors inside the model, rounded wherever the execution mode rounds: world_engine compiled (fused norm
+and projection, one rounding) sits 4x closer to the fp32 oracle at layer 0 than the same code run eager,
+with a steady one-ulp gain, while the velocities of the two stay within 2% of each other's oracle distance
+(tiny real architecture, bf16, CPU). An upstream run compiled, as `WorldEngine` runs it, against an eager
+port would fail there on a correct port. What these stages exist to catch is far larger: a wrong frame
+written, values stored as keys, a frozen or doubled cache pass (rel_l2 ~1)."""
+_KV_REDUCED = Tolerance(5e-2, math.inf)
+"""KV keys/values in bf16/fp16: compiled upstream vs an eager port measured 0.015 (digests, tiny model);
+the bound is ~13 bf16 ulps, max_abs unbounded since post-RoPE keys are large (the relative norm carries it)."""
 
 
 def coarser(dtype_a: str | None, dtype_b: str | None) -> str | None:
@@ -163,7 +175,7 @@ def stage_rule(family: str, dtype_a: str, dtype_b: str, *, oracle: bool, shared_
         return EXACT
     if family == "noise" and shared_noise and dtype_a == dtype_b:
         return EXACT
-    if family in INPUT_FAMILIES or not oracle:
+    if family in INPUT_FAMILIES or family in KV_FAMILIES or not oracle:
         return DTYPE
     if dtype_a in _BY_DTYPE and dtype_b in _BY_DTYPE and _PRECISION.index(dtype_a) < _PRECISION.index(dtype_b):
         return DTYPE  # A runs finer than B: A is itself nearly the oracle, B gets its dtype's bound
@@ -177,6 +189,8 @@ def default_tolerance(family: str, dtype_a: str, dtype_b: str) -> Tolerance:
     if family == "decoded":
         return _DECODED_FP32 if {dtype_a, dtype_b} <= {"float32", "float64"} else _DECODED
     worst = coarser(dtype_a, dtype_b)
+    if family in KV_FAMILIES and worst in ("bfloat16", "float16"):
+        return _KV_REDUCED
     return _EXACT if worst is None else _BY_DTYPE[worst]
 
 

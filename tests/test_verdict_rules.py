@@ -33,9 +33,20 @@ def test_a_value_never_reads_like_a_different_bound(value, bound):
     ("timestamps", "int64", "int64", True, EXACT),
     ("kv_cache.keys", "bfloat16", "bfloat16", True, ORACLE),
     ("kv_cache.keys", "bfloat16", "bfloat16", False, DTYPE),
+    # the cache's keys and values round wherever the execution mode rounds: never the oracle
+    ("kv.keys", "bfloat16", "bfloat16", True, DTYPE),
+    ("kv.values", "bfloat16", "bfloat16", True, DTYPE),
+    ("kv.frames", "int64", "int64", True, EXACT),
 ])
 def test_rule_table(family, a, b, oracle, rule):
     assert stage_rule(family, a, b, oracle=oracle) == rule
+
+
+def test_kv_bounds_allow_another_execution_mode_but_not_a_wrong_value():
+    kv = default_tolerance("kv.values", "bfloat16", "bfloat16")
+    assert kv.allows(0.015, 3.0)       # compiled upstream vs an eager port (digests, tiny model)
+    assert not kv.allows(0.3, 0.1)     # a value written wrong is ~1
+    assert default_tolerance("kv.values", "float32", "float32").rel_l2 == 1e-5
 
 
 def test_decoded_bounds_follow_the_vae_dtypes():
