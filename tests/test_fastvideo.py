@@ -544,7 +544,11 @@ def test_real_size_upstream_vs_fastvideo_on_the_gpu(needs_both, tmp_path):
     from parity.tiny.waypoint_arch import make_waypoint_checkpoint
     from reference.runner import ReferenceRunner
 
-    paths = make_waypoint_checkpoint(tmp_path / "real", size="real", device=DEVICE)
+    reuse = os.environ.get("WAYPOINT_PARITY_REAL_CHECKPOINT")  # a folder make-checkpoint --size real wrote (13 GB)
+    if reuse and (Path(reuse) / "overworld").is_dir() and (Path(reuse) / "fastvideo").is_dir():
+        paths = {"snapshot": Path(reuse) / "overworld", "bundle": Path(reuse) / "fastvideo"}
+    else:
+        paths = make_waypoint_checkpoint(tmp_path / "real", size="real", device=DEVICE)
     case_path = tmp_path / "real4.toml"
     # 4 frames; at this size the full KV cache is ~0.46 GB a frame, so both sides keep KV digests
     case_path.write_text(re.sub(r"(?m)^(\s*)frames = \d+$", r"\1frames = 4", textwrap.dedent(CASE)).replace("frames = [5, 12]", "frames = [2, 4]"))
