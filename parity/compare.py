@@ -260,6 +260,11 @@ class ComparisonResult:
         return out
 
 
+def compiled(manifest: dict) -> bool:
+    """Whether the side's model ran under torch.compile (its manifest's `setup.compile`)."""
+    return str(manifest_value(manifest, "setup.compile") or "none") != "none"
+
+
 def _sortable(x: float) -> float:
     return math.inf if math.isnan(x) else x
 
@@ -280,7 +285,8 @@ def compare_captures(a: Capture, b: Capture, tolerances: Tolerances | None = Non
     context = _Context(a, b, oracle, tolerances,
                        shared_noise=manifest_value(b.manifest, "alignment.noise") != "native",
                        vae_dtypes=(manifest_value(a.manifest, "protocol.vae_dtype"), manifest_value(b.manifest, "protocol.vae_dtype")),
-                       model_dtype_b=manifest_value(b.manifest, "protocol.model_dtype"))
+                       model_dtype_b=manifest_value(b.manifest, "protocol.model_dtype"),
+                       modes_apart=compiled(a.manifest) != compiled(b.manifest))
 
     def one_frame(keys: list[StageKey]) -> list[StageResult]:
         both = [k for k in keys if k.id in keys_a and k.id in keys_b and a.info(k)["shape"] == b.info(k)["shape"]]
@@ -344,7 +350,8 @@ def _judge_against_oracle(stages: list[StageResult], ctx: _Context) -> None:
         dtype_b = ctx.vae_dtypes[1] if decoded else (same_dtype[0].dtype_b if same_dtype else None)
         for component in ("gain", "bias"):
             deltas = [getattr(s.oracle, f"{component}_b") - getattr(s.oracle, f"{component}_a") for s in same_dtype]
-            _mark(judge_systematic(component, deltas, ids, [s.key.step for s in same_dtype], dtype_b, decoded), by_id)
+            _mark(judge_systematic(component, deltas, ids, [s.key.step for s in same_dtype], dtype_b, decoded,
+                                   ctx.modes_apart), by_id)
         # B's distance from the oracle steadily above A's: the norm's own steady part (stages either side gets exactly are left out)
         measured = [s for s in members if s.oracle.err_a > 0 and s.oracle.err_b > 0]
         _mark(judge_systematic("distance", [math.log(s.oracle.err_b / s.oracle.err_a) for s in measured],
@@ -371,6 +378,8 @@ class _Context:
     shared_noise: bool
     vae_dtypes: tuple[str | None, str | None]
     model_dtype_b: str | None = None
+    modes_apart: bool = False
+    """One side's model runs under torch.compile, the other's eager (`tolerances.MODES_APART_FLOOR_ULPS`)."""
 
 
 def _compare_stage(key: StageKey, ctx: _Context, in_a: bool, in_b: bool, ta=None, tb=None, to=None) -> StageResult:

@@ -53,7 +53,9 @@ def _attention(m: dict) -> Any:
         return fastvideo
     backend = manifest_value(m, "options.sdpa_backend")
     if manifest_value(m, "runner.code_source") == "world_engine":
-        return "world_engine's flex_attention (uncompiled)" + (f"; SDPA kernel pinned to {backend}" if backend not in (None, "default") else "")
+        compiled = str(manifest_value(m, "setup.compile") or "none") != "none"
+        return (f"world_engine's flex_attention ({'compiled with the model' if compiled else 'uncompiled'})"
+                + (f"; SDPA kernel pinned to {backend}" if backend not in (None, "default") else ""))
     if backend is None:
         return None
     return "torch SDPA, torch's kernel choice" if backend == "default" else f"torch SDPA pinned to {backend}"
