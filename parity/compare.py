@@ -291,11 +291,23 @@ def compare_captures(a: Capture, b: Capture, tolerances: Tolerances | None = Non
 
     # Frames are independent: decoding, hashing and SSIM of long runs spread over the cores
     # (numpy, safetensors and scikit-image's filters release the GIL for most of their work).
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=frame_threads()) as pool:
         stages = [s for group in pool.map(one_frame, by_frame.values()) for s in group]
     stages.sort(key=lambda s: s.key.order)
     _judge_against_oracle(stages, context)
     return ComparisonResult(a, b, config, stages, tolerances, oracle, structure=diff_captures(a, b))
+
+
+MAX_FRAME_THREADS = 16
+"""Each thread holds one frame of both captures and their float64 copies: with full KV views at the
+real size (~0.46 GB a frame) more would cost more memory than time saved."""
+
+
+def frame_threads() -> int:
+    """Threads for per-frame work (reading, hashing, metrics, the report's PNGs): the CPUs this
+    process may use (its affinity, as `taskset` or a container sets it), up to `MAX_FRAME_THREADS`."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(MAX_FRAME_THREADS, cpus or 1))
 
 
 SMALL_FAMILIES = ("step.sigma", "step.timestamp", "cache_pass.sigma", "cache_pass.timestamp", "kv.frames")

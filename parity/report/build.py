@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 
 from parity.capture import Capture, StageKey
-from parity.compare import FAIL, ComparisonResult, StageResult
+from parity.compare import FAIL, ComparisonResult, StageResult, frame_threads
 from parity.errors import UserError
 from parity.output import oracle_summary
-from parity.metrics import HF_CUTOFF, PSNR_DATA_RANGE, SSIM_PARAMS, high_frequency_share, laplacian_variance
+from parity.metrics import HF_CUTOFF, PSNR_DATA_RANGE, SSIM_PARAMS, sharpness
 import parity.report.images as images
 from parity.report.svg import Series, line_chart
 from parity.report.templating import environment, family_page, stage_anchor
@@ -291,8 +291,9 @@ def _render_frames(result: ComparisonResult, by_id: dict[str, StageResult], fami
                     rel = f"assets/frames/{side}-{f:06d}.png"
                     images.save_png(out_dir / rel, pixels)
                     setattr(row, f"{side}_png", rel)
-                    setattr(row, f"lap_{side}", laplacian_variance(pixels))
-                    setattr(row, f"hf_{side}", high_frequency_share(pixels))
+                    lap, hf = sharpness(pixels)
+                    setattr(row, f"lap_{side}", lap)
+                    setattr(row, f"hf_{side}", hf)
                     row.size = pixels.shape[:2]
             if s.metrics is not None:
                 row.psnr, row.ssim = s.metrics.psnr, s.metrics.ssim
@@ -316,7 +317,7 @@ def _render_frames(result: ComparisonResult, by_id: dict[str, StageResult], fami
 
     art = FrameArtifacts(rows=[])
     video = None
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=frame_threads()) as pool:
         for row, video_frame, heatmaps in pool.map(frame_job, range(n)):  # in frame order, computed ahead
             art.rows.append(row)
             art.heatmaps.update(heatmaps)
