@@ -292,6 +292,33 @@ def test_blur_evidence_tells_blur_from_difference(tmp_path, b_pixels, kind, head
     assert blur.count('<svg class="chart"') == (4 if kind == "identical" else 5)  # PSNR is inf throughout when identical
 
 
+def test_frame_pngs_hold_the_decoded_pixels_exactly(tmp_path):
+    from PIL import Image
+
+    from parity.report.images import decoded_diff_heatmap
+
+    a = synthetic(tmp_path / "a", 2, texture)
+    b = synthetic(tmp_path / "b", 2, lambda f: texture(f) // 2, side="b")
+    write_report(compare_captures(Capture.open(a), Capture.open(b)), tmp_path / "r")
+    frames = tmp_path / "r" / "assets" / "frames"
+    for f in range(2):
+        pa, pb = texture(f), texture(f) // 2
+        assert np.array_equal(np.asarray(Image.open(frames / f"a-{f:06d}.png")), pa)
+        assert np.array_equal(np.asarray(Image.open(frames / f"b-{f:06d}.png")), pb)
+        assert np.array_equal(np.asarray(Image.open(frames / f"diff-{f:06d}.png")), decoded_diff_heatmap(pa, pb))
+
+
+def test_frame_threads_follow_the_cpus_this_process_may_use(monkeypatch):
+    import os
+
+    from parity.compare import MAX_FRAME_THREADS, frame_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert frame_threads() == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(128)), raising=False)
+    assert frame_threads() == MAX_FRAME_THREADS
+
+
 @pytest.mark.slow
 def test_240_frame_report_keeps_html_under_10_mb(tmp_path):
     frames = 240
