@@ -545,13 +545,17 @@ class Capture:
             _merge_sidecars(run_dir, manifest)
         if (manifest.get("capture") or {}).get("mode") == "none":
             raise UserError("this run was made with capture policy none (a bare benchmark run); it holds no tensors to compare", path)
+        present: set[str] = set()  # ~80 stages share a frame's file: each file is looked up once
         for stage_id, info in tensors.items():
             try:
                 StageKey.from_id(stage_id)
             except ValueError:
                 raise UserError(f"manifest names an unknown stage {stage_id!r}", path) from None
-            if not (run_dir / info.get("file", "")).is_file():
-                raise UserError(f"stage {stage_id} points at missing file {info.get('file')!r}", path)
+            file = info.get("file", "")
+            if file not in present:
+                if not (run_dir / file).is_file():
+                    raise UserError(f"stage {stage_id} points at missing file {info.get('file')!r}", path)
+                present.add(file)
         return cls(run_dir, manifest)
 
     @property

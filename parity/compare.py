@@ -23,14 +23,13 @@ whose values exceed the tolerance; its frame is the "first divergent frame" of a
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from parity import native_noise
 from parity.capture import LAYOUTS, Capture, StageKey, manifest_value
 from parity.config_words import USED, field_value, row_kind, words
+from parity.frame_pool import frame_map
 from parity.metrics import Metrics, compare_arrays, compare_frames
 from parity.numbers import vs
 from parity.tolerances import (DTYPE, EXACT, FAMILIES, ORACLE, OracleVerdict, Tolerance, Tolerances, coarser,
@@ -289,25 +288,11 @@ def compare_captures(a: Capture, b: Capture, tolerances: Tolerances | None = Non
         to = oracle.tensors(judged) if judged else {}
         return [_compare_stage(k, context, k.id in keys_a, k.id in keys_b, ta.get(k), tb.get(k), to.get(k)) for k in keys]
 
-    # Frames are independent: decoding, hashing and SSIM of long runs spread over the cores
-    # (numpy, safetensors and scikit-image's filters release the GIL for most of their work).
-    with ThreadPoolExecutor(max_workers=frame_threads()) as pool:
-        stages = [s for group in pool.map(one_frame, by_frame.values()) for s in group]
+    # Frames are independent: reading, hashing and the metrics of long runs spread over the cores.
+    stages = [s for group in frame_map(one_frame, by_frame.values()) for s in group]
     stages.sort(key=lambda s: s.key.order)
     _judge_against_oracle(stages, context)
     return ComparisonResult(a, b, config, stages, tolerances, oracle, structure=diff_captures(a, b))
-
-
-MAX_FRAME_THREADS = 16
-"""Each thread holds one frame of both captures and their float64 copies: with full KV views at the
-real size (~0.46 GB a frame) more would cost more memory than time saved."""
-
-
-def frame_threads() -> int:
-    """Threads for per-frame work (reading, hashing, metrics, the report's PNGs): the CPUs this
-    process may use (its affinity, as `taskset` or a container sets it), up to `MAX_FRAME_THREADS`."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(MAX_FRAME_THREADS, cpus or 1))
 
 
 SMALL_FAMILIES = ("step.sigma", "step.timestamp", "cache_pass.sigma", "cache_pass.timestamp", "kv.frames")

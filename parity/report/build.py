@@ -22,7 +22,6 @@ import os
 import shutil
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +29,9 @@ from typing import Any
 import numpy as np
 
 from parity.capture import Capture, StageKey
-from parity.compare import FAIL, ComparisonResult, StageResult, frame_threads
+from parity.compare import FAIL, ComparisonResult, StageResult
 from parity.errors import UserError
+from parity.frame_pool import frame_map
 from parity.output import oracle_summary
 from parity.metrics import HF_CUTOFF, PSNR_DATA_RANGE, SSIM_PARAMS, sharpness
 import parity.report.images as images
@@ -274,8 +274,8 @@ def _render_frames(result: ComparisonResult, by_id: dict[str, StageResult], fami
     wanted = _heatmap_stages(families, result.stages)
 
     def frame_job(f: int):
-        """Everything one frame needs, from its own reads (thread-safe): the row, the PNGs (written
-        here), the video frame, the requested heatmaps. PNG encoding, FFTs and numpy release the GIL."""
+        """Everything one frame needs, from its own reads (safe in a worker thread or process): the
+        row, the PNGs (written here), the video frame, the requested heatmaps."""
         row = FrameRow(f)
         needed = [StageKey(f, None, "decoded"), StageKey(f, None, "latent")] + [st.key for st, _ in wanted.get(f, ())]
         ta = _arrays(a, needed)
@@ -317,14 +317,13 @@ def _render_frames(result: ComparisonResult, by_id: dict[str, StageResult], fami
 
     art = FrameArtifacts(rows=[])
     video = None
-    with ThreadPoolExecutor(max_workers=frame_threads()) as pool:
-        for row, video_frame, heatmaps in pool.map(frame_job, range(n)):  # in frame order, computed ahead
-            art.rows.append(row)
-            art.heatmaps.update(heatmaps)
-            if video_frame is not None:
-                if video is None:
-                    video = images.VideoWriter(out_dir / "assets" / "side-by-side")
-                video.append(video_frame)
+    for row, video_frame, heatmaps in frame_map(frame_job, range(n)):  # in frame order, computed ahead
+        art.rows.append(row)
+        art.heatmaps.update(heatmaps)
+        if video_frame is not None:
+            if video is None:
+                video = images.VideoWriter(out_dir / "assets" / "side-by-side")
+            video.append(video_frame)
     if video is not None:
         art.video = str(video.close().relative_to(out_dir))
     return art
