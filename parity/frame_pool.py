@@ -3,7 +3,7 @@
     for row in frame_map(one_frame, frames):   # in order, computed ahead
         ...
 
-Frames are independent, so each is one task. Threads share one GIL: the Python around the ~80
+Frames are independent, so each is one task (so is each stage page of a report). Threads share one GIL: the Python around the ~80
 small stages of a frame runs one thread at a time, which on a 16-core machine holds a 240-frame
 comparison to several seconds however many threads run. So on a machine with more than
 `PROCESSES_FROM` CPUs, a run of at least `PROCESSES_MIN_ITEMS` frames goes to worker processes

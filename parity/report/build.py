@@ -180,14 +180,22 @@ def write_report(result: ComparisonResult, out_dir: str | Path, *, run_index: Pa
     _diagnosis_pages(out_dir, extra, ctx)
     _write(out_dir / "index.html", env.get_template("overview.html").render(page="overview", **ctx))
     _write(out_dir / "blur.html", env.get_template("blur.html").render(page="blur", charts=_blur_charts(art.rows, result), **ctx))
-    for fam in families:
-        stages = [s for s in result.stages if s.key.family == fam.family]
+    by_family: dict[str, list[StageResult]] = {}
+    for s in result.stages:
+        by_family.setdefault(s.key.family, []).append(s)
+
+    def family_job(fam) -> None:
+        stages = by_family[fam.family]
         page = env.get_template("family.html").render(
             page=fam.family, fam=_family_entry(fam), stages=stages, note=FAMILY_NOTES.get(fam.family, ""),
             charts=_oracle_charts(fam.family, stages) + _family_charts(fam.family, stages, result.first_divergent_frame),
             heatmaps=[h for k, h in art.heatmaps.items() if StageKey.from_id(k).family == fam.family],
             **ctx)
         _write(out_dir / family_page(fam.family), page)
+
+    # Independent pages; a long run's KV families hold thousands of rows each.
+    for _ in frame_map(family_job, families):
+        pass
     marker = {"schema": REPORT_SCHEMA, **identity, "verdict": "PASS" if result.passed else "FAIL",
               "frames": len(art.rows), "video": art.video, "generation_s": round(time.perf_counter() - started, 3),
               **{name: str(v[1].resolve()) for name, v in extra.items() if v}}
