@@ -49,11 +49,15 @@ def main() -> int:
     p.add_argument("--json", type=Path, help="write the results here too")
     args = p.parse_args()
 
-    import parity.frame_pool as frame_pool
     from parity.capture import Capture
     from parity.compare import compare_captures
     from parity.output import write_outputs
     from parity.report import write_report
+
+    try:
+        import parity.frame_pool as frame_pool
+    except ImportError:  # a tree from before parity.frame_pool (frames on at most 8 threads): the "before" figure
+        frame_pool = None
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="wp-cmp-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -70,6 +74,8 @@ def main() -> int:
             shutil.rmtree(work / out)
 
     if args.pool != "auto":  # the benchmark's own override of the automatic choice
+        if frame_pool is None:
+            p.error("--pool needs parity.frame_pool (this tree predates it)")
         frame_pool.use_processes = lambda items: args.pool == "processes"
     cpu_s: dict[str, float] = {}
     main_cpu_s: dict[str, float] = {}
@@ -99,7 +105,9 @@ def main() -> int:
     total = compare_s + outputs_s + report_s
     generation_s = 2 * frames * args.generation_ms / 1000
     rows = {
-        "frames": frames, "capture": args.capture, "cpus": os.cpu_count(), "workers": frame_pool.workers(), "worker_processes": frame_pool.use_processes(frames), "build_captures_s": build_s,
+        "frames": frames, "capture": args.capture, "cpus": os.cpu_count(),
+        "workers": frame_pool.workers() if frame_pool else min(8, os.cpu_count() or 1),
+        "worker_processes": frame_pool.use_processes(frames) if frame_pool else False, "build_captures_s": build_s,
         "compare_s": compare_s, "write_outputs_s": outputs_s, "write_report_s": report_s, "total_s": total,
         "compare_cpu_s": cpu_s["compare_captures"], "write_outputs_cpu_s": cpu_s["write_outputs"],
         "write_report_cpu_s": cpu_s["write_report"], "total_cpu_s": sum(cpu_s.values()),
