@@ -3,15 +3,15 @@
     for row in frame_map(one_frame, frames):   # in order, computed ahead
         ...
 
-Frames are independent, so each is one task (so is each stage page of a report). Threads share one GIL: the Python around the ~80
-small stages of a frame runs one thread at a time, which on a 16-core machine holds a 240-frame
-comparison to several seconds however many threads run. So on a machine with more than
-`PROCESSES_FROM` CPUs, a run of at least `PROCESSES_MIN_ITEMS` frames goes to worker processes
-forked for it: they inherit `fn`, the items and everything those reach (open captures, the
-comparison result) without pickling, and send back only what `fn` returns. Workers run torch
+Frames are independent, so each is one task (so is each stage page of a report). Threads share one
+GIL: the Python around the ~80 small stages of a frame runs one thread at a time, which on a 16-core
+machine holds a 240-frame comparison to several seconds however many threads run. So where this
+process may use more than `PROCESSES_FROM` CPUs, at least `PROCESSES_MIN_ITEMS` items go to worker
+processes forked for them: they inherit `fn`, the items and everything those reach (open captures,
+the comparison result) without pickling, and send back only what `fn` returns. Workers run torch
 single-threaded (a forked child must not enter the parent's OpenMP pool) and never touch CUDA.
-Fewer CPUs, short runs, or no `fork` (macOS, Windows) keep threads; the results are the same
-either way (tests/test_frame_pool.py).
+Fewer CPUs, fewer items, or a system other than Linux keep threads; the results are the same either
+way (tests/test_report.py, `test_worker_processes_give_the_same_comparison_and_report_as_threads`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Iterator
 
@@ -40,7 +41,8 @@ def workers() -> int:
 
 
 def use_processes(items: int) -> bool:
-    return workers() > PROCESSES_FROM and items >= PROCESSES_MIN_ITEMS and "fork" in multiprocessing.get_all_start_methods()
+    # fork only on Linux: macOS offers it, but its system libraries are not safe in a forked child
+    return workers() > PROCESSES_FROM and items >= PROCESSES_MIN_ITEMS and sys.platform.startswith("linux")
 
 
 def frame_map(fn: Callable[[Any], Any], items: Iterable, processes: bool | None = None) -> Iterator:
