@@ -23,14 +23,13 @@ whose values exceed the tolerance; its frame is the "first divergent frame" of a
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from parity import native_noise
 from parity.capture import LAYOUTS, Capture, StageKey, manifest_value
 from parity.config_words import USED, field_value, row_kind, words
+from parity.frame_pool import frame_map
 from parity.metrics import Metrics, compare_arrays, compare_frames
 from parity.numbers import vs
 from parity.tolerances import (DTYPE, EXACT, FAMILIES, ORACLE, OracleVerdict, Tolerance, Tolerances, coarser,
@@ -295,10 +294,8 @@ def compare_captures(a: Capture, b: Capture, tolerances: Tolerances | None = Non
         to = oracle.tensors(judged) if judged else {}
         return [_compare_stage(k, context, k.id in keys_a, k.id in keys_b, ta.get(k), tb.get(k), to.get(k)) for k in keys]
 
-    # Frames are independent: decoding, hashing and SSIM of long runs spread over the cores
-    # (numpy, safetensors and scikit-image's filters release the GIL for most of their work).
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        stages = [s for group in pool.map(one_frame, by_frame.values()) for s in group]
+    # Frames are independent: reading, hashing and the metrics of long runs spread over the cores.
+    stages = [s for group in frame_map(one_frame, by_frame.values()) for s in group]
     stages.sort(key=lambda s: s.key.order)
     _judge_against_oracle(stages, context)
     return ComparisonResult(a, b, config, stages, tolerances, oracle, structure=diff_captures(a, b))

@@ -20,8 +20,9 @@ element, yet it is the same sign everywhere):
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -55,7 +56,9 @@ class Metrics:
     ssim: float | None = None
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        # Every field is a number or a tuple of ints: a shallow copy is what `asdict` would give,
+        # without its deep copy of each value (a 240-frame summary holds ~20,000 of these).
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["worst_index"] = list(self.worst_index)
         return d
 
@@ -77,12 +80,18 @@ def compare_arrays(a, b) -> Metrics:
     if a64.shape != b64.shape:
         raise ValueError(f"shape mismatch {a64.shape} vs {b64.shape}")
     finite_a, finite_b = np.isfinite(a64), np.isfinite(b64)
-    both = finite_a & finite_b
-    av, bv = np.where(both, a64, 0.0), np.where(both, b64, 0.0)
-    diff = np.abs(bv - av)
-    (unit_a, sa, scale_a), (unit_b, sb, _), (unit_d, _, scale_d) = _norm(av), _norm(bv), _norm(diff)
+    nonfinite_a, nonfinite_b = a64.size - int(np.count_nonzero(finite_a)), b64.size - int(np.count_nonzero(finite_b))
+    if nonfinite_a or nonfinite_b:
+        both = finite_a & finite_b
+        av, bv = np.where(both, a64, 0.0), np.where(both, b64, 0.0)
+    else:
+        av, bv = np.asarray(a64, order="C"), np.asarray(b64, order="C")  # the common case: nothing to mask
+    signed_diff = bv - av
+    diff = np.abs(signed_diff)
+    norm_a_parts = _norm(av)
+    (unit_a, sa, scale_a), (unit_b, sb, _), (unit_d, _, scale_d) = norm_a_parts, _norm(bv), _norm(diff)
     norm_a, norm_d = unit_a * scale_a, unit_d * scale_d
-    signed = _signed_components(av, bv - av)
+    signed = _signed_components(av, signed_diff, norm_a_parts)
     if diff.size:
         flat = int(np.argmax(diff))
         worst = tuple(int(i) for i in np.unravel_index(flat, diff.shape))
@@ -97,8 +106,8 @@ def compare_arrays(a, b) -> Metrics:
         rel_l2=_scaled_ratio(unit_d, scale_d, unit_a, scale_a),
         cosine=_cosine(sa, sb, unit_a, unit_b),
         sqnr_db=_sqnr(norm_a, norm_d),
-        nonfinite_a=int((~finite_a).sum()),
-        nonfinite_b=int((~finite_b).sum()),
+        nonfinite_a=nonfinite_a,
+        nonfinite_b=nonfinite_b,
         worst_index=worst,
         worst_a=worst_a,
         worst_b=worst_b,
@@ -107,14 +116,15 @@ def compare_arrays(a, b) -> Metrics:
     )
 
 
-def _signed_components(a: np.ndarray, d: np.ndarray) -> dict[str, float]:
-    """bias, gain and their standard errors (see the module docstring); a and d finite, float64.
+def _signed_components(a: np.ndarray, d: np.ndarray, norm_a: tuple[float, np.ndarray, float]) -> dict[str, float]:
+    """bias, gain and their standard errors (see the module docstring); a and d finite, float64;
+    `norm_a` = `_norm(a)`, already taken by the caller.
     Sums run on a / max|a| and d / max|d| (like `_norm`), so huge or tiny values neither overflow
     nor underflow."""
     n = d.size
     if n == 0:
         return {"bias": 0.0, "bias_sigma": 0.0, "gain": 0.0, "gain_sigma": 0.0, "rms_a": 0.0}
-    unit_a, ua, sa = _norm(a.ravel())
+    unit_a, ua, sa = norm_a[0], norm_a[1].ravel(), norm_a[2]
     _, ud, sd = _norm(d.ravel())
     bias = float(ud.mean()) * sd
     bias_sigma = float(ud.std()) / math.sqrt(n) * sd
@@ -274,17 +284,36 @@ def luma(frame) -> np.ndarray:
 def laplacian_variance(frame) -> float:
     """Variance of the 4-neighbour Laplacian of the luma, valid pixels only: the usual focus measure.
     Lower means less detail (blur or flat content)."""
-    y = luma(frame)
-    lap = y[1:-1, :-2] + y[1:-1, 2:] + y[:-2, 1:-1] + y[2:, 1:-1] - 4.0 * y[1:-1, 1:-1]
-    return float(lap.var())
+    return _laplacian_variance(luma(frame))
 
 
 def high_frequency_share(frame, cutoff: float = HF_CUTOFF) -> float:
     """Share of the luma's spectral energy (mean removed) above `cutoff` x Nyquist; 0 for a flat frame."""
+    return _high_frequency_share(luma(frame), cutoff)
+
+
+def sharpness(frame, cutoff: float = HF_CUTOFF) -> tuple[float, float]:
+    """(`laplacian_variance`, `high_frequency_share`) of one frame, its luma computed once."""
     y = luma(frame)
+    return _laplacian_variance(y), _high_frequency_share(y, cutoff)
+
+
+def _laplacian_variance(y: np.ndarray) -> float:
+    lap = y[1:-1, :-2] + y[1:-1, 2:] + y[:-2, 1:-1] + y[2:, 1:-1] - 4.0 * y[1:-1, 1:-1]
+    return float(lap.var())
+
+
+def _high_frequency_share(y: np.ndarray, cutoff: float) -> float:
     power = np.abs(np.fft.fft2(y - y.mean())) ** 2
-    fy = np.fft.fftfreq(y.shape[0])[:, None] / 0.5
-    fx = np.fft.fftfreq(y.shape[1])[None, :] / 0.5
-    radius = np.sqrt(fx**2 + fy**2)
     total = power.sum()
-    return float(power[radius > cutoff].sum() / total) if total > 0 else 0.0
+    return float(power[_above(y.shape, cutoff)].sum() / total) if total > 0 else 0.0
+
+
+@functools.lru_cache(maxsize=8)
+def _above(shape: tuple[int, int], cutoff: float) -> np.ndarray:
+    """Mask of the FFT bins beyond `cutoff` x Nyquist; the same for every frame of a run."""
+    fy = np.fft.fftfreq(shape[0])[:, None] / 0.5
+    fx = np.fft.fftfreq(shape[1])[None, :] / 0.5
+    mask = np.sqrt(fx**2 + fy**2) > cutoff
+    mask.setflags(write=False)
+    return mask

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from parity.metrics import compare_arrays, compare_frames
+from parity.metrics import compare_arrays, compare_frames, high_frequency_share, laplacian_variance, sharpness
 
 
 def test_known_values():
@@ -57,3 +57,30 @@ def test_frames_get_psnr_and_ssim():
     mse = 1 / a.size
     assert diff.psnr == pytest.approx(10 * math.log10(255**2 / mse))
     assert 0.99 < diff.ssim < 1.0
+
+
+def test_masking_path_agrees_with_the_plain_path():
+    """Values are masked only when one side has NaN/Inf; both paths give the same numbers where they must."""
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal(1000)
+    b = a + 1e-3 * rng.standard_normal(1000)
+    plain = compare_arrays(a, b)
+    masked = compare_arrays(np.append(a, np.nan), np.append(b, 7.0))  # the extra element is left out
+    assert masked.nonfinite_a == 1 and plain.nonfinite_a == 0
+    for name in ("max_abs", "rel_l2", "cosine", "sqnr_db", "gain", "worst_index", "worst_a", "worst_b"):
+        assert getattr(masked, name) == pytest.approx(getattr(plain, name), rel=1e-12), name
+
+
+def test_strided_input_gives_the_same_numbers_as_a_contiguous_copy():
+    rng = np.random.default_rng(4)
+    a, b = rng.standard_normal((64, 96)), rng.standard_normal((64, 96))
+    assert compare_arrays(a[:, ::2], b[:, ::2]) == compare_arrays(a[:, ::2].copy(), b[:, ::2].copy())
+    assert compare_arrays(np.float64(2.0), np.float64(2.5)).max_abs == 0.5  # 0-d stays 0-d
+
+
+def test_sharpness_is_both_measures_from_one_luma():
+    rng = np.random.default_rng(5)
+    for shape in ((36, 64, 3), (48, 40, 3)):  # the frequency mask is cached per shape
+        frame = rng.integers(0, 256, shape, dtype=np.uint8)
+        assert sharpness(frame) == (laplacian_variance(frame), high_frequency_share(frame))
+    assert sharpness(np.full((8, 8, 3), 7, np.uint8)) == (0.0, 0.0)

@@ -292,6 +292,55 @@ def test_blur_evidence_tells_blur_from_difference(tmp_path, b_pixels, kind, head
     assert blur.count('<svg class="chart"') == (4 if kind == "identical" else 5)  # PSNR is inf throughout when identical
 
 
+def test_frame_pngs_hold_the_decoded_pixels_exactly(tmp_path):
+    from PIL import Image
+
+    from parity.report.images import decoded_diff_heatmap
+
+    a = synthetic(tmp_path / "a", 2, texture)
+    b = synthetic(tmp_path / "b", 2, lambda f: texture(f) // 2, side="b")
+    write_report(compare_captures(Capture.open(a), Capture.open(b)), tmp_path / "r")
+    frames = tmp_path / "r" / "assets" / "frames"
+    for f in range(2):
+        pa, pb = texture(f), texture(f) // 2
+        assert np.array_equal(np.asarray(Image.open(frames / f"a-{f:06d}.png")), pa)
+        assert np.array_equal(np.asarray(Image.open(frames / f"b-{f:06d}.png")), pb)
+        assert np.array_equal(np.asarray(Image.open(frames / f"diff-{f:06d}.png")), decoded_diff_heatmap(pa, pb))
+
+
+def test_worker_processes_give_the_same_comparison_and_report_as_threads(tmp_path, monkeypatch):
+    """The two ways `parity.frame_pool` spreads frames: same stage results, same pages, same images."""
+    import parity.frame_pool as frame_pool
+
+    a = synthetic(tmp_path / "a", 5, texture)
+    b = synthetic(tmp_path / "b", 5, lambda f: blurred(texture(f)), latent_noise=1e-3, side="b")
+    out = {}
+    for processes in (False, True):
+        monkeypatch.setattr(frame_pool, "use_processes", lambda items, p=processes: p)
+        result = compare_captures(Capture.open(a), Capture.open(b))
+        folder = tmp_path / f"r-{processes}"
+        write_report(result, folder)
+        pages = {p.name: p.read_text() for p in folder.glob("*.html")}
+        pngs = {p.relative_to(folder): p.read_bytes() for p in (folder / "assets").rglob("*.png")}
+        out[processes] = (repr([s.to_dict() for s in result.stages]), pages, pngs, result.passed)
+    assert out[True] == out[False]
+    assert len(out[True][2]) >= 5 * 4 and not out[True][3]
+
+
+def test_frame_workers_follow_the_cpus_this_process_may_use(monkeypatch):
+    import os
+
+    from parity.frame_pool import MAX_WORKERS, frame_map, workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert workers() == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(128)), raising=False)
+    assert workers() == MAX_WORKERS
+    monkeypatch.undo()
+    assert set(frame_map(lambda _: os.getpid(), range(2), processes=True)) != {os.getpid()}
+    assert set(frame_map(lambda _: os.getpid(), range(2), processes=False)) == {os.getpid()}
+
+
 @pytest.mark.slow
 def test_240_frame_report_keeps_html_under_10_mb(tmp_path):
     frames = 240

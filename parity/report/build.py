@@ -22,7 +22,6 @@ import os
 import shutil
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,8 +31,9 @@ import numpy as np
 from parity.capture import Capture, StageKey
 from parity.compare import FAIL, ComparisonResult, StageResult
 from parity.errors import UserError
+from parity.frame_pool import frame_map
 from parity.output import oracle_summary
-from parity.metrics import HF_CUTOFF, PSNR_DATA_RANGE, SSIM_PARAMS, high_frequency_share, laplacian_variance
+from parity.metrics import HF_CUTOFF, PSNR_DATA_RANGE, SSIM_PARAMS, sharpness
 import parity.report.images as images
 from parity.report.svg import Series, line_chart
 from parity.report.templating import environment, family_page, stage_anchor
@@ -180,14 +180,22 @@ def write_report(result: ComparisonResult, out_dir: str | Path, *, run_index: Pa
     _diagnosis_pages(out_dir, extra, ctx)
     _write(out_dir / "index.html", env.get_template("overview.html").render(page="overview", **ctx))
     _write(out_dir / "blur.html", env.get_template("blur.html").render(page="blur", charts=_blur_charts(art.rows, result), **ctx))
-    for fam in families:
-        stages = [s for s in result.stages if s.key.family == fam.family]
+    by_family: dict[str, list[StageResult]] = {}
+    for s in result.stages:
+        by_family.setdefault(s.key.family, []).append(s)
+
+    def family_job(fam) -> None:
+        stages = by_family[fam.family]
         page = env.get_template("family.html").render(
             page=fam.family, fam=_family_entry(fam), stages=stages, note=FAMILY_NOTES.get(fam.family, ""),
             charts=_oracle_charts(fam.family, stages) + _family_charts(fam.family, stages, result.first_divergent_frame),
             heatmaps=[h for k, h in art.heatmaps.items() if StageKey.from_id(k).family == fam.family],
             **ctx)
         _write(out_dir / family_page(fam.family), page)
+
+    # Independent pages; a long run's KV families hold thousands of rows each.
+    for _ in frame_map(family_job, families):
+        pass
     marker = {"schema": REPORT_SCHEMA, **identity, "verdict": "PASS" if result.passed else "FAIL",
               "frames": len(art.rows), "video": art.video, "generation_s": round(time.perf_counter() - started, 3),
               **{name: str(v[1].resolve()) for name, v in extra.items() if v}}
@@ -274,8 +282,8 @@ def _render_frames(result: ComparisonResult, by_id: dict[str, StageResult], fami
     wanted = _heatmap_stages(families, result.stages)
 
     def frame_job(f: int):
-        """Everything one frame needs, from its own reads (thread-safe): the row, the PNGs (written
-        here), the video frame, the requested heatmaps. PNG encoding, FFTs and numpy release the GIL."""
+        """Everything one frame needs, from its own reads (safe in a worker thread or process): the
+        row, the PNGs (written here), the video frame, the requested heatmaps."""
         row = FrameRow(f)
         needed = [StageKey(f, None, "decoded"), StageKey(f, None, "latent")] + [st.key for st, _ in wanted.get(f, ())]
         ta = _arrays(a, needed)
@@ -291,8 +299,9 @@ def _render_frames(result: ComparisonResult, by_id: dict[str, StageResult], fami
                     rel = f"assets/frames/{side}-{f:06d}.png"
                     images.save_png(out_dir / rel, pixels)
                     setattr(row, f"{side}_png", rel)
-                    setattr(row, f"lap_{side}", laplacian_variance(pixels))
-                    setattr(row, f"hf_{side}", high_frequency_share(pixels))
+                    lap, hf = sharpness(pixels)
+                    setattr(row, f"lap_{side}", lap)
+                    setattr(row, f"hf_{side}", hf)
                     row.size = pixels.shape[:2]
             if s.metrics is not None:
                 row.psnr, row.ssim = s.metrics.psnr, s.metrics.ssim
@@ -316,14 +325,13 @@ def _render_frames(result: ComparisonResult, by_id: dict[str, StageResult], fami
 
     art = FrameArtifacts(rows=[])
     video = None
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for row, video_frame, heatmaps in pool.map(frame_job, range(n)):  # in frame order, computed ahead
-            art.rows.append(row)
-            art.heatmaps.update(heatmaps)
-            if video_frame is not None:
-                if video is None:
-                    video = images.VideoWriter(out_dir / "assets" / "side-by-side")
-                video.append(video_frame)
+    for row, video_frame, heatmaps in frame_map(frame_job, range(n)):  # in frame order, computed ahead
+        art.rows.append(row)
+        art.heatmaps.update(heatmaps)
+        if video_frame is not None:
+            if video is None:
+                video = images.VideoWriter(out_dir / "assets" / "side-by-side")
+            video.append(video_frame)
     if video is not None:
         art.video = str(video.close().relative_to(out_dir))
     return art
