@@ -10,7 +10,8 @@ process may use more than `PROCESSES_FROM` CPUs, at least `PROCESSES_MIN_ITEMS` 
 processes forked for them: they inherit `fn`, the items and everything those reach (open captures,
 the comparison result) without pickling, and send back only what `fn` returns. Workers run torch
 single-threaded (a forked child must not enter the parent's OpenMP pool) and never touch CUDA.
-Fewer CPUs, fewer items, or a system other than Linux keep threads; the results are the same either
+Fewer CPUs, fewer items, a system other than Linux, or a process that has initialised CUDA keep
+threads (`waypoint-parity compare`/`report` in their own process fork; `make parity` on a GPU does not); the results are the same either
 way (tests/test_report.py, `test_worker_processes_give_the_same_comparison_and_report_as_threads`).
 """
 
@@ -41,8 +42,16 @@ def workers() -> int:
 
 
 def use_processes(items: int) -> bool:
-    # fork only on Linux: macOS offers it, but its system libraries are not safe in a forked child
-    return workers() > PROCESSES_FROM and items >= PROCESSES_MIN_ITEMS and sys.platform.startswith("linux")
+    # fork only on Linux: macOS offers it, but its system libraries are not safe in a forked child; and
+    # never once this process has initialised CUDA (`make parity` on a GPU compares in the process that
+    # generated): the CUDA runtime does not survive a fork, and that path was never run forked on a GPU
+    return (workers() > PROCESSES_FROM and items >= PROCESSES_MIN_ITEMS and sys.platform.startswith("linux")
+            and not _cuda_initialized())
+
+
+def _cuda_initialized() -> bool:
+    torch = sys.modules.get("torch")
+    return bool(torch is not None and torch.cuda.is_initialized())
 
 
 def frame_map(fn: Callable[[Any], Any], items: Iterable, processes: bool | None = None) -> Iterator:

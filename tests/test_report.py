@@ -341,6 +341,22 @@ def test_frame_workers_follow_the_cpus_this_process_may_use(monkeypatch):
     assert set(frame_map(lambda _: os.getpid(), range(2), processes=False)) == {os.getpid()}
 
 
+def test_frames_stay_in_threads_once_cuda_is_initialised(monkeypatch):
+    """`make parity` on a GPU compares in the process that generated: no fork after CUDA."""
+    import os
+
+    import torch
+
+    import parity.frame_pool as frame_pool
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setattr(frame_pool.sys, "platform", "linux")
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    assert frame_pool.use_processes(240)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    assert not frame_pool.use_processes(240)
+
+
 @pytest.mark.slow
 def test_240_frame_report_keeps_html_under_10_mb(tmp_path):
     frames = 240
