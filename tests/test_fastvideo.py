@@ -405,28 +405,56 @@ def test_real_size_matches_fastvideos_defaults_and_builds_on_meta(needs_both):
     assert 1.5e9 < n < 3e9
 
 
-def test_compiled_upstream_vs_eager_fastvideo_passes_under_the_oracle(arch_ckpt, case_file, tmp_path):
-    """How the real-size run pairs them: world_engine compiled (as `WorldEngine` runs it) against
-    FastVideo eager, bf16, KV digests, judged against the eager fp32 oracle. Compiling fuses the norm
-    and projection in front of the cache (one rounding instead of several): layer-0 values sit 4x closer
-    to the oracle than the eager port's, with a steady one-ulp gain. That is no bug; the KV stages are
-    judged by the dtype rule and the pair passes."""
+@pytest.fixture(scope="module")
+def compiled_upstream(arch_ckpt, case_file, tmp_path_factory):
+    """world_engine compiled (as `WorldEngine` runs it), bf16, KV digests, and its eager fp32 oracle."""
     from parity import oracle
     from parity.capture import Capture
     from parity.case import load_case
     from parity.runner import RunRequest
     from reference.runner import ReferenceRunner
 
+    root = tmp_path_factory.mktemp("compiled")
     up = ReferenceRunner(arch_ckpt["snapshot"], code_source="world_engine").run(
-        RunRequest(load_case(case_file), "upstream", tmp_path / "up", DEVICE, {"compile_mode": "default"}, capture="full,kv:digest"))
-    fv = _run_fastvideo(None, "bf16", arch_ckpt, case_file, up, tmp_path / "fv", capture="full,kv:digest")
+        RunRequest(load_case(case_file), "upstream", root / "up", DEVICE, {"compile_mode": "default"}, capture="full,kv:digest"))
     o = oracle.oracle_for(Capture.open(up))
     assert Capture.open(o).manifest["capture"]["kv"] == "digest"
-    result = _compare(up, fv, oracle=o)
+    return {"up": up, "oracle": o}
+
+
+def test_compiled_upstream_vs_eager_fastvideo_passes_under_the_oracle(compiled_upstream, arch_ckpt, case_file, tmp_path):
+    """How the real-size run pairs them: world_engine compiled against FastVideo eager, bf16, KV
+    digests, judged against the eager fp32 oracle. Compiling fuses the norm and projection in front of
+    the cache (one rounding instead of several): layer-0 values sit 4x closer to the oracle than the
+    eager port's, with a steady one-ulp gain; the velocity's gain moves by a fraction of an ulp. That is
+    no bug: the KV stages are judged by the dtype rule, the steady-gain floor is one ulp, the pair passes."""
+    up = compiled_upstream["up"]
+    fv = _run_fastvideo(None, "bf16", arch_ckpt, case_file, up, tmp_path / "fv", capture="full,kv:digest")
+    result = _compare(up, fv, oracle=compiled_upstream["oracle"])
     print("compiled upstream vs eager FastVideo, worst rel_l2:", _worst(result))
     assert result.passed, result.first_divergence.explain()
     rules = {s.key.family: s.rule for s in result.stages if s.metrics is not None}
     assert rules["kv.values"] == "dtype" and rules["kv.keys"] == "dtype" and rules["step.velocity"] == "oracle"
+
+
+@pytest.mark.parametrize("bug", ["velocity_x1.004", "cache_values_written_as_keys"])
+def test_planted_bugs_against_compiled_upstream(bug, head_bf16, compiled_upstream, arch_ckpt, case_file, tmp_path):
+    """The two rules the compiled-vs-eager pairing loosened still name bugs beyond them, where they act:
+    a velocity scaled by one ulp and more (steady gain above the one-ulp floor) at the first velocity;
+    values written as keys in the cache at the first cache pass's layer 0 (dtype rule on the digest)."""
+    from parity.capture import StageKey
+
+    up = compiled_upstream["up"]
+    run = _run_fastvideo(None, "bf16", arch_ckpt, case_file, up, tmp_path / bug, bug=bug, capture="full,kv:digest")
+    result = _compare(up, run, oracle=compiled_upstream["oracle"])
+    first = result.first_divergence
+    print(f"{bug} vs compiled upstream: {first.explain() if first else None}")
+    assert first is not None and first.status == "fail"
+    if bug == "velocity_x1.004":
+        assert first.key.family == "step.velocity" and first.key.frame == 0
+    else:
+        assert first.key == StageKey(0, None, "kv.values", 0)
+        assert first.rule == "dtype"
 
 
 def test_world_engine_inference_patches_are_applied_recorded_and_diffed(arch_ckpt, case_file, upstream, tmp_path):
