@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from table import print_rows  # benchmarks/ is on sys.path when a benchmark runs as a script
+
 LATENT = (1, 1, 16, 32, 32)
 FRAME_HW = (360, 640)
 STEPS = 4
@@ -119,11 +121,7 @@ def main() -> int:
         "verdict": "PASS" if result.passed else "FAIL",
         "stages": len(result.stages),
     }
-    width = max(map(len, rows))
-    for k, v in rows.items():
-        print(f"{k:<{width}}  {v:.3f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+    print_rows(rows, args.json)
     return 0
 
 

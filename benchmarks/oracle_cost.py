@@ -12,11 +12,12 @@ extra comparison time) / the plain pair (both runs plus the plain comparison).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from table import print_rows  # benchmarks/ is on sys.path when a benchmark runs as a script
 
 
 def main() -> int:
@@ -28,8 +29,6 @@ def main() -> int:
     p.add_argument("--workdir", type=Path, help="where captures go (default: a temp folder)")
     p.add_argument("--json", type=Path, help="write the results here too")
     args = p.parse_args()
-
-    import torch
 
     from parity import oracle
     from parity.capture import Capture
@@ -70,11 +69,7 @@ def main() -> int:
         "verdict_fixed_bounds": "PASS" if plain.passed else "FAIL",
         "verdict_oracle": "PASS" if judged.passed else "FAIL",
     }
-    width = max(map(len, rows))
-    for k, v in rows.items():
-        print(f"{k:<{width}}  {v:.3f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+    print_rows(rows, args.json)
     return 0
 
 

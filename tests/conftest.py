@@ -24,6 +24,41 @@ def fastvideo_requirements() -> str | None:
     return None if ok else why
 
 
+def world_engine_or_skip() -> None:
+    """Skip the calling test unless world_engine imports (WORLD_ENGINE_SRC or installed)."""
+    from reference.world_engine_code import world_engine_status
+
+    ok, why = world_engine_status()
+    if not ok:
+        pytest.skip(why)
+
+
+def fastvideo_tree_or_skip(env: str) -> str:
+    """The FastVideo source tree the environment variable `env` names (FASTVIDEO_SRC, FASTVIDEO_SRC_640E,
+    ...), or skip the calling test."""
+    import os
+
+    tree = os.environ.get(env)
+    if not tree or not (Path(tree) / "fastvideo" / "__init__.py").is_file():
+        pytest.skip(f"{env} does not name a FastVideo source tree")
+    return tree
+
+
+def patch_reference_load(monkeypatch, change) -> None:
+    """Plant a bug in the reference side: every model the reference runner loads from now on goes
+    through `change(loaded)` (its model, cache class, VAE) before it runs."""
+    from reference.runner import ReferenceRunner
+
+    original = ReferenceRunner.load
+
+    def load(self, options, device):
+        loaded = original(self, options, device)
+        change(loaded)
+        return loaded
+
+    monkeypatch.setattr(ReferenceRunner, "load", load)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """The built-in random-weight checkpoint, generated once per session."""

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import fastvideo_tree_or_skip, world_engine_or_skip
+
 pytestmark = pytest.mark.fastvideo
 
 CASE = """
@@ -34,24 +36,9 @@ CASE = """
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _world_engine_or_skip():
-    from reference.world_engine_code import world_engine_status
-
-    ok, why = world_engine_status()
-    if not ok:
-        pytest.skip(why)
-
-
-def _tree_or_skip(env: str) -> str:
-    tree = os.environ.get(env)
-    if not tree or not (Path(tree) / "fastvideo" / "__init__.py").is_file():
-        pytest.skip(f"{env} does not name a FastVideo source tree")
-    return tree
-
-
 @pytest.fixture(scope="module")
 def upstream_bf16(tmp_path_factory):
-    _world_engine_or_skip()
+    world_engine_or_skip()
     from parity.case import load_case
     from parity.runner import RunRequest
     from parity.tiny.waypoint_arch import make_waypoint_checkpoint
@@ -82,7 +69,7 @@ def _fastvideo_drill(tree: str, up: dict, name: str, stage: str) -> dict:
 
 
 def test_640e_bf16_first_divergent_submodule_is_the_noise_mlp(upstream_bf16):
-    tree = _tree_or_skip("FASTVIDEO_SRC_640E")
+    tree = fastvideo_tree_or_skip("FASTVIDEO_SRC_640E")
     result = _fastvideo_drill(tree, upstream_bf16, "640e", "f0/step0.velocity")
     first = result["first_divergent_module"]
     assert (first["a"], first["b"], first["matched_by"]) == ("denoise_step_emb.mlp.fc1", "denoise_step_emb.mlp.fc_in", "name map")
@@ -95,7 +82,7 @@ def test_640e_bf16_first_divergent_submodule_is_the_noise_mlp(upstream_bf16):
 
 
 def test_pr_head_bf16_reports_nothing_beyond_the_floor(upstream_bf16):
-    tree = _tree_or_skip("FASTVIDEO_SRC")
+    tree = fastvideo_tree_or_skip("FASTVIDEO_SRC")
     if not (Path(tree) / "fastvideo" / "pipelines" / "stages" / "waypoint_stages.py").is_file():
         pytest.skip("FASTVIDEO_SRC is not the PR head (no waypoint_stages.py)")
     result = _fastvideo_drill(tree, upstream_bf16, "head", "f1/step1.velocity")

@@ -27,6 +27,7 @@ import pytest
 from parity import structure
 from parity.capture import Capture
 from parity.compare import compare_captures
+from tests.conftest import fastvideo_tree_or_skip
 
 pytestmark = pytest.mark.fastvideo
 
@@ -60,13 +61,6 @@ PLANTS = {
                       "lang = wt._lang_frequencies\n"
                       "wt._lang_frequencies = lambda dim, device: lang(dim, device) * 1.01\n",
 }
-
-
-def _tree_or_skip(env: str) -> str:
-    tree = os.environ.get(env)
-    if not tree or not (Path(tree) / "fastvideo" / "__init__.py").is_file():
-        pytest.skip(f"{env} does not name a FastVideo source tree")
-    return tree
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +109,7 @@ def _diff(up: dict, precision: str, b) -> structure.StructureDiff:
 
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_pr_head_has_no_unexplained_structural_difference(upstream, precision):
-    tree = _tree_or_skip("FASTVIDEO_SRC")
+    tree = fastvideo_tree_or_skip("FASTVIDEO_SRC")
     b, console = _fastvideo(tree, upstream, precision)
     diff = _diff(upstream, precision, b)
     assert diff.differences == [], [f.line() for f in diff.differences]
@@ -132,7 +126,7 @@ def test_pr_head_has_no_unexplained_structural_difference(upstream, precision):
 
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_640e_shows_its_rms_norm_eps(upstream, precision):
-    tree = _tree_or_skip("FASTVIDEO_SRC_640E")
+    tree = fastvideo_tree_or_skip("FASTVIDEO_SRC_640E")
     b, _ = _fastvideo(tree, upstream, precision)
     diff = _diff(upstream, precision, b)
     eps = [f for f in diff.differences if f.what == "norm eps"]
@@ -146,7 +140,7 @@ def test_640e_shows_its_rms_norm_eps(upstream, precision):
 @pytest.mark.parametrize("plant, precision", [("cross_head_32", "fp32"), ("rms_eps_1e-5", "fp32"), ("rope_time_1pct", "bf16"),
                                               ("local_window_minus_1", "fp32")])
 def test_planted_structural_bug_in_the_pr_head_is_exactly_the_difference(upstream, plant, precision):
-    tree = _tree_or_skip("FASTVIDEO_SRC")
+    tree = fastvideo_tree_or_skip("FASTVIDEO_SRC")
     b, _ = _fastvideo(tree, upstream, precision, plant)
     found = _diff(upstream, precision, b).differences
     if plant == "cross_head_32":  # not visible in the config: the split measured at the attention kernel

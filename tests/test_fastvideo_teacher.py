@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import fastvideo_tree_or_skip, world_engine_or_skip
+
 pytestmark = pytest.mark.fastvideo
 
 CASE = """
@@ -38,15 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _tree_or_skip(env: str) -> str:
-    from reference.world_engine_code import world_engine_status
-
-    ok, why = world_engine_status()
-    if not ok:
-        pytest.skip(why)
-    tree = os.environ.get(env)
-    if not tree or not (Path(tree) / "fastvideo" / "__init__.py").is_file():
-        pytest.skip(f"{env} does not name a FastVideo source tree")
-    return tree
+    world_engine_or_skip()
+    return fastvideo_tree_or_skip(env)
 
 
 @pytest.fixture(scope="module")

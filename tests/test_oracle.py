@@ -14,6 +14,7 @@ import pytest
 
 from parity.capture import Capture, StageKey
 from parity.compare import compare_captures
+from tests.conftest import patch_reference_load
 
 CASE = """
     prompt = "A first-person gameplay video exploring a stylized world."
@@ -24,20 +25,6 @@ CASE = """
     mouse = [0.1, -0.05]
 """
 OTHER_KERNEL = {"sdpa_backend": "math"}
-
-
-def _patched_load(monkeypatch, patch):
-    """Plant a bug: `patch(loaded)` edits the model or VAE of every reference run that follows."""
-    from reference.runner import ReferenceRunner
-
-    original = ReferenceRunner.load
-
-    def load(self, options, device):
-        loaded = original(self, options, device)
-        patch(loaded)
-        return loaded
-
-    monkeypatch.setattr(ReferenceRunner, "load", load)
 
 
 def _scale_velocity(factor):
@@ -153,7 +140,7 @@ def test_correct_bf16_side_passes_against_the_oracle(runs):
 
 
 def test_velocity_scaled_by_1_001_fails_at_the_first_velocity(runs, monkeypatch):
-    _patched_load(monkeypatch, _scale_velocity(1.001))
+    patch_reference_load(monkeypatch, _scale_velocity(1.001))
     result = _compare(runs, _run_b(runs, "b-scale"))
     first = result.first_divergence
     print("velocity x1.001:", first.explain())
@@ -207,7 +194,7 @@ def test_truncating_vae_fails_in_fp32_on_its_bias(runs, monkeypatch, tmp_path):
     runner = ReferenceRunner(runs["ckpt"])
     a = runner.run(RunRequest(runs["case"], "upstream", tmp_path / "a32", "cpu", dict(fp32)))
     b_ok = runner.run(RunRequest(runs["case"], "upstream", tmp_path / "b32", "cpu", {**fp32, **OTHER_KERNEL}, prompt_from=a))
-    _patched_load(monkeypatch, _truncating_vae)
+    patch_reference_load(monkeypatch, _truncating_vae)
     b_bad = runner.run(RunRequest(runs["case"], "upstream", tmp_path / "b32-trunc", "cpu", dict(fp32), prompt_from=a))
     ok = compare_captures(Capture.open(a), Capture.open(b_ok))
     decoded_ok = [s for s in ok.stages if s.key.family == "decoded"]
@@ -220,7 +207,7 @@ def test_truncating_vae_fails_in_fp32_on_its_bias(runs, monkeypatch, tmp_path):
 
 
 def test_truncating_vae_fails_in_bf16_against_the_oracle(runs, monkeypatch):
-    _patched_load(monkeypatch, _truncating_vae)
+    patch_reference_load(monkeypatch, _truncating_vae)
     result = _compare(runs, _run_b(runs, "b-trunc"))
     decoded = [s for s in result.stages if s.key.family == "decoded"]
     print("truncating VAE (bf16):", decoded[0].explain())
@@ -234,7 +221,7 @@ def test_console_names_first_failing_and_largest_apart(runs, monkeypatch):
 
     from parity.output import print_result
 
-    _patched_load(monkeypatch, _scale_velocity(1.001))
+    patch_reference_load(monkeypatch, _scale_velocity(1.001))
     result = _compare(runs, _run_b(runs, "b-scale-console"))
     console = Console(record=True, width=250)
     print_result(result, console)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.conftest import patch_reference_load
+
 FP32 = {"model_dtype": "float32", "noise_dtype": "float32", "sigma_dtype": "float32", "vae_dtype": "float32",
         "encoder_dtype": "float32"}
 SCROLL_FRAME = 1
@@ -52,16 +54,13 @@ def _run(snapshot, case, out, options):
 
 @pytest.fixture(scope="module")
 def upstream(tiny_checkpoint, cases, tmp_path_factory):
-    """upstream(noise) -> the A capture for that noise alignment, made once for the module."""
+    """upstream(noise) -> the A capture for that noise alignment, made once for the module.
+
+    Both are made here, before any test plants its bug: made lazily inside the first test that asks,
+    A would carry that test's bug (it patches every reference load) and the bug would go unseen."""
     root = tmp_path_factory.mktemp("planted-upstream")
-    made = {}
-
-    def get(noise: str):
-        if noise not in made:
-            made[noise] = _run(tiny_checkpoint, cases[noise], root / noise, {})
-        return made[noise]
-
-    return get
+    made = {noise: _run(tiny_checkpoint, cases[noise], root / noise, {}) for noise in cases}
+    return made.__getitem__
 
 
 @pytest.fixture
@@ -83,20 +82,6 @@ def first_divergence(tiny_checkpoint, cases, upstream, tmp_path):
         return result.first_divergence
 
     return run
-
-
-def _patch_loaded(monkeypatch, change):
-    """Every snapshot B loads goes through `change(loaded)` (model, cache class, VAE) before it runs."""
-    from reference.runner import ReferenceRunner
-
-    original = ReferenceRunner.load
-
-    def load(self, options, device):
-        loaded = original(self, options, device)
-        change(loaded)
-        return loaded
-
-    monkeypatch.setattr(ReferenceRunner, "load", load)
 
 
 def _where(stage) -> tuple:
@@ -158,7 +143,7 @@ def test_norm_eps_is_named_at_the_first_model_call(first_divergence, monkeypatch
             if hasattr(module, "eps"):
                 module.eps = 1e-2
 
-    _patch_loaded(monkeypatch, eps_1e2)
+    patch_reference_load(monkeypatch, eps_1e2)
     stage = first_divergence(structure=("norm eps",))
     assert _where(stage) == (0, 0, "step.velocity"), stage.explain()
 
@@ -172,7 +157,7 @@ def test_frozen_cache_pass_is_named_at_frame_0s_cache(first_divergence, monkeypa
 
         loaded.cache_class = AlwaysFrozen
 
-    _patch_loaded(monkeypatch, frozen)
+    patch_reference_load(monkeypatch, frozen)
     stage = first_divergence()
     assert _kv_where(stage) == (0, 0, "kv.frames"), stage.explain()
 
@@ -189,7 +174,7 @@ def test_ignored_dilation_is_named_at_frame_1s_cache(first_divergence, monkeypat
 
         loaded.cache_class = Undilated
 
-    _patch_loaded(monkeypatch, undilated)
+    patch_reference_load(monkeypatch, undilated)
     stage = first_divergence(structure=("dilation",))
     assert _kv_where(stage) == (1, 0, "kv.frames"), stage.explain()  # layer 0 is the first global layer
 
@@ -213,6 +198,6 @@ def test_truncating_vae_is_named_at_the_first_decode(first_divergence, monkeypat
 
         vae.decode = truncated
 
-    _patch_loaded(monkeypatch, truncating)
+    patch_reference_load(monkeypatch, truncating)
     stage = first_divergence()
     assert _where(stage) == (0, None, "decoded"), stage.explain()
