@@ -216,6 +216,11 @@ def manifest_value(manifest: dict, dotted: str) -> Any:
     return data
 
 
+def ran_compiled(manifest: dict) -> bool:
+    """Whether the side's model ran under torch.compile (its manifest's `setup.compile`)."""
+    return str(manifest_value(manifest, "setup.compile") or "none") != "none"
+
+
 def tensor_info(t, file: str) -> TensorInfo:
     import torch
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from parity import native_noise
-from parity.capture import LAYOUTS, Capture, StageKey, manifest_value
+from parity.capture import LAYOUTS, Capture, StageKey, manifest_value, ran_compiled
 from parity.config_words import USED, field_value, row_kind, words
 from parity.frame_pool import frame_map
 from parity.metrics import Metrics, compare_arrays, compare_frames
@@ -259,11 +259,6 @@ class ComparisonResult:
         return out
 
 
-def compiled(manifest: dict) -> bool:
-    """Whether the side's model ran under torch.compile (its manifest's `setup.compile`)."""
-    return str(manifest_value(manifest, "setup.compile") or "none") != "none"
-
-
 def _sortable(x: float) -> float:
     return math.inf if math.isnan(x) else x
 
@@ -285,7 +280,7 @@ def compare_captures(a: Capture, b: Capture, tolerances: Tolerances | None = Non
                        shared_noise=manifest_value(b.manifest, "alignment.noise") != "native",
                        vae_dtypes=(manifest_value(a.manifest, "protocol.vae_dtype"), manifest_value(b.manifest, "protocol.vae_dtype")),
                        model_dtype_b=manifest_value(b.manifest, "protocol.model_dtype"),
-                       modes_apart=compiled(a.manifest) != compiled(b.manifest))
+                       modes_apart=ran_compiled(a.manifest) != ran_compiled(b.manifest))
 
     def one_frame(keys: list[StageKey]) -> list[StageResult]:
         both = [k for k in keys if k.id in keys_a and k.id in keys_b and a.info(k)["shape"] == b.info(k)["shape"]]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
-from parity.capture import manifest_value
+from parity.capture import manifest_value, ran_compiled
 
 USED, DESIGNED = "used", "designed"
 
@@ -53,8 +53,7 @@ def _attention(m: dict) -> Any:
         return fastvideo
     backend = manifest_value(m, "options.sdpa_backend")
     if manifest_value(m, "runner.code_source") == "world_engine":
-        compiled = str(manifest_value(m, "setup.compile") or "none") != "none"
-        return (f"world_engine's flex_attention ({'compiled with the model' if compiled else 'uncompiled'})"
+        return (f"world_engine's flex_attention ({'compiled with the model' if ran_compiled(m) else 'uncompiled'})"
                 + (f"; SDPA kernel pinned to {backend}" if backend not in (None, "default") else ""))
     if backend is None:
         return None
